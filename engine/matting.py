@@ -1,0 +1,187 @@
+"""One frame in, one full-resolution alpha out: ``alpha, state, stats = matter.matte(frame, state)``.
+
+The temporal state is a value (the previous normalized frame and its alpha), never
+hidden in the model: pass ``None`` for a frame that starts a stream (or to switch
+temporal reuse off), and the returned state with the next frame of the same stream.
+
+Published behaviour kept here, with the places it breaks handled:
+
+- the prior network sees the frame resized so its short side is 512, each side rounded
+  up to a multiple of 32 (bilinear, no antialiasing);
+- when more than ``max_pixels`` pixels are active, the cascade refines at 1/4 and 1/2
+  scale, each scale's result becoming the next one's prior, and stops at the first
+  scale whose band is over budget; the last result is resized bilinearly to full size;
+- if even the 1/4 scale is over budget (the published code crashes) the frame is
+  refined once at the largest scale whose band fits, found the published rescale way;
+- a frame with no active pixel is the composed prior (the published code crashes);
+- a previous frame of another size is ignored and the frame starts a new stream.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .model import SparseMat
+from .model.backends import make_plan
+from .model.lpn import resize_like
+from .model.sparse import Sites
+from .sparsity import Masks, compose, sparsity_masks, spatial_band
+
+MAX_PIXELS = 4_000_000
+CASCADE_SCALES = (0.25, 0.5, 1.0)
+PRIOR_SHORT_SIDE = 512
+MIN_PIXELS = 64
+
+
+@dataclass(frozen=True)
+class MatteState:
+    """What the next frame of a stream needs: this frame (normalized, 1x3xHxW) and its alpha (1x1xHxW)."""
+
+    frame: torch.Tensor
+    alpha: torch.Tensor
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.frame.shape[2:])
+
+
+@dataclass
+class FrameStats:
+    height: int
+    width: int
+    active_pixels: int = 0  # refined at full resolution (or at the scale the cascade used)
+    spatial_pixels: int = 0  # dilated uncertain band
+    temporal_pixels: int = 0  # dilated changed pixels; equals the frame without a previous frame
+    reused: bool = False  # a previous frame's alpha was available for shared pixels
+    mode: str = "full"  # full | cascade | rescale
+    note: str = ""  # why temporal state was dropped, when it was
+    ms: dict = field(default_factory=dict)  # per stage: prior, masks, refine, compose
+
+    @property
+    def active_fraction(self) -> float:
+        return self.active_pixels / float(self.height * self.width)
+
+
+def prior_input_size(height: int, width: int) -> tuple[int, int]:
+    """The published rule: short side 512, each side rounded up to a multiple of 32."""
+    short = min(height, width)
+    return (math.ceil(PRIOR_SHORT_SIDE / short * height / 32) * 32,
+            math.ceil(PRIOR_SHORT_SIDE / short * width / 32) * 32)
+
+
+def normalize(frame_rgb: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) RGB in [0, 1], display-encoded -> (1, 3, H, W) BGR in [-1, 1], as the model was trained."""
+    return ((frame_rgb.flip(-1) - 0.5) / 0.5).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+class Matter:
+    def __init__(self, model: SparseMat, device: str | torch.device = "cpu", max_pixels: int = MAX_PIXELS,
+                 backend: str = "torch", half: bool = False):
+        if max_pixels < MIN_PIXELS:
+            raise ValueError(f"max_pixels must be at least {MIN_PIXELS} (one 8 x 8 tile)")
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if half else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+        self.max_pixels = max_pixels
+        self.backend = backend
+
+    @contextmanager
+    def _stage(self, stats: FrameStats, name: str):
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        stats.ms[name] = stats.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+    @torch.no_grad()
+    def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None
+              ) -> tuple[torch.Tensor, MatteState, FrameStats]:
+        """``frame_rgb``: (H, W, 3) float RGB in [0, 1], display-encoded. Returns alpha (H, W) float32."""
+        height, width = frame_rgb.shape[:2]
+        stats = FrameStats(height, width)
+        if state is not None and state.size != (height, width):
+            stats.note = f"frame size {width}x{height} differs from the previous {state.size[1]}x{state.size[0]}: new stream"
+            state = None
+        image = normalize(frame_rgb.to(self.device, torch.float32))
+
+        with self._stage(stats, "prior"):
+            prior_lr, context = self._prior(image)
+            prior = resize_like(prior_lr, image)
+        with self._stage(stats, "masks"):
+            masks = sparsity_masks(prior, image, None if state is None else state.frame)
+            n_active = int(masks.refine.sum().item())
+            stats.spatial_pixels = int(masks.band.sum().item())
+            stats.temporal_pixels = height * width if masks.changed is None else int(masks.changed.sum().item())
+            stats.reused = state is not None
+
+        if n_active <= self.max_pixels:
+            stats.active_pixels = n_active
+            with self._stage(stats, "refine"):
+                refined = self._refine(image, prior, masks.refine, context)
+            with self._stage(stats, "compose"):
+                alpha = compose(refined, masks, prior, None if state is None else state.alpha)
+        else:
+            alpha = self._over_budget(image, prior_lr, context, n_active, stats)
+        return alpha[0, 0], MatteState(image, alpha), stats
+
+    def _prior(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        small = F.interpolate(image, size=prior_input_size(*image.shape[2:]), mode="bilinear", align_corners=False)
+        prior, context = self.model.lpn(small.to(self.dtype))
+        return prior.float(), context.float()
+
+    def _refine(self, image, prior, mask, context) -> torch.Tensor:
+        """Dense refined alpha, valid where ``mask`` is set (zero elsewhere)."""
+        sites = Sites.from_mask(mask[0, 0] > 0)
+        if sites.count == 0:
+            return torch.zeros_like(prior)
+        y, x = sites.coords[:, 0], sites.coords[:, 1]
+        inputs = torch.cat([image[0, :, y, x], (prior[0, :, y, x] - 0.5) / 0.5]).T.contiguous()
+        plan = make_plan(self.backend, sites)
+        alpha = self.model.shm(inputs.to(self.dtype), plan, context.to(self.dtype), prior.to(self.dtype))
+        return sites.scatter(alpha.float())[None, None]
+
+    def _refine_scaled(self, image, prior_lr, context, size=None, scale=None):
+        """Refine the band at a reduced size (no temporal reuse): the composed alpha and its band size."""
+        scaled = F.interpolate(image, size=size, scale_factor=scale, mode="bilinear", align_corners=False)
+        prior = resize_like(prior_lr, scaled)
+        band = spatial_band(prior)
+        n_band = int(band.sum().item())
+        if n_band > self.max_pixels:
+            return None, n_band
+        masks = Masks(band, band, None, None)
+        return compose(self._refine(scaled, prior, band, context), masks, prior, None), n_band
+
+    def _over_budget(self, image, prior_lr, context, n_active, stats) -> torch.Tensor:
+        height, width = image.shape[2:]
+        result = None
+        with self._stage(stats, "refine"):
+            stats.mode = "cascade"
+            current = prior_lr
+            for scale in CASCADE_SCALES:
+                composed, n_band = self._refine_scaled(image, current, context, scale=scale)
+                if composed is None:
+                    break
+                current = result = composed
+                stats.active_pixels = n_band
+            if result is None:
+                stats.mode = "rescale"
+                result, stats.active_pixels = self._rescale(image, prior_lr, context, n_active)
+        with self._stage(stats, "compose"):
+            return F.interpolate(result, size=(height, width), mode="bilinear", align_corners=False)
+
+    def _rescale(self, image, prior_lr, context, n_active):
+        """The published rescale: shrink by sqrt(budget / active), sides to multiples of 8; shrink
+        again while the band (fixed in pixels, so relatively wider) is still over budget."""
+        height, width = image.shape[2:]
+        scale = math.sqrt(self.max_pixels / float(n_active))
+        while True:
+            size = (max(8, math.ceil(int(scale * height) / 8) * 8), max(8, math.ceil(int(scale * width) / 8) * 8))
+            composed, n_band = self._refine_scaled(image, prior_lr, context, size=size)
+            if composed is not None:  # always by 8 x 8, since max_pixels >= MIN_PIXELS
+                return composed, n_band
+            scale *= 0.9 * math.sqrt(self.max_pixels / float(n_band))

@@ -1,0 +1,105 @@
+"""Checkpoint loading: the published SparseMat format and our own.
+
+The published file is a state_dict (possibly under ``state_dict`` or
+``model_state_dict``, keys possibly prefixed ``module.``) whose sparse
+convolution weights are in spconv 1.x layout ``[kh, kw, in, out]``. The filter
+below maps it onto our modules, where a sparse weight is ``(kh * kw, in, out)``.
+Anything missing, unexpected or of the wrong shape is an error naming the file
+and the first offending keys: a partial load would give a silently wrong matte.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+
+OUR_FORMAT = "sparsemat-vfx"
+OUR_FORMAT_VERSION = 1
+
+# Keys the published checkpoint carries that inference never uses (a training-only head).
+UNUSED_PREFIXES = ("lpn.aux_head.",)
+
+# Published layer1.0 convolutions are declared with 128 input channels but receive 64.
+# spconv 1.x views a weight as (-1, in_actual, out) and takes slice k for offset k, so
+# it only ever reads the first 3*3*64*64 numbers; we read them the same way.
+SPCONV1_OVERSIZED = ("shm.backbone.layer1.0.conv1.weight", "shm.backbone.layer1.0.downsample.0.weight")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
+
+
+def _read(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, pickled code
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a state_dict")
+    return payload
+
+
+def _unwrap(payload: dict) -> tuple[dict, bool]:
+    """(state_dict, is_ours)."""
+    if payload.get("format") == OUR_FORMAT:
+        return payload["state_dict"], True
+    for wrapper in ("state_dict", "model_state_dict"):
+        if isinstance(payload.get(wrapper), dict):
+            payload = payload[wrapper]
+            break
+    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in payload.items()), False
+
+
+def filter_published(state: dict, model: torch.nn.Module) -> dict:
+    """Map a published state_dict onto ``model``'s parameter layout."""
+    expected = model.state_dict()
+    out = OrderedDict()
+    for key, value in state.items():
+        if key.startswith(UNUSED_PREFIXES):
+            continue
+        target = expected.get(key)
+        if key.startswith("shm.") and value.dim() == 4 and target is not None and target.dim() == 3:
+            kh, kw, cin, cout = value.shape
+            if key in SPCONV1_OVERSIZED and cin > target.shape[1]:
+                value = value.reshape(-1)[: target.numel()].view(target.shape)
+            else:
+                value = value.reshape(kh * kw, cin, cout)
+        out[key] = value
+    return out
+
+
+def _check(path: str, state: dict, model: torch.nn.Module) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+             for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+        if items:
+            more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+            problems.append(f"{label}: {', '.join(items[:5])}{more}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not match the SparseMat model; " + "; ".join(problems))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} has non-finite values in {', '.join(bad[:5])}")
+
+
+def load_into(model: torch.nn.Module, path: str) -> None:
+    """Load a published or our own checkpoint into ``model`` (strict; raises CheckpointError)."""
+    state, ours = _unwrap(_read(path))
+    if not ours:
+        state = filter_published(state, model)
+    _check(path, state, model)
+    model.load_state_dict(state, strict=True)
+
+
+def save(model: torch.nn.Module, path: str) -> None:
+    """Our own format: our parameter layout, tagged so the loader skips the published-format filter."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save({"format": OUR_FORMAT, "version": OUR_FORMAT_VERSION, "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)

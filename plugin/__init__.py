@@ -1,0 +1,1 @@
+"""Host-side SparseMat client: numpy, pyzmq and msgpack only (never torch)."""
