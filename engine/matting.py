@@ -99,9 +99,13 @@ class Matter:
         stats.ms[name] = stats.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
 
     @torch.no_grad()
-    def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None
+    def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None, prior: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, MatteState, FrameStats]:
-        """``frame_rgb``: (H, W, 3) float RGB in [0, 1], display-encoded. Returns alpha (H, W) float32."""
+        """``frame_rgb``: (H, W, 3) float RGB in [0, 1], display-encoded. Returns alpha (H, W) float32.
+
+        ``prior``: an optional coarse alpha (h, w) at any resolution; it replaces the prior
+        network's alpha (band and refiner input), the network still supplies the context.
+        """
         height, width = frame_rgb.shape[:2]
         stats = FrameStats(height, width)
         if state is not None and state.size != (height, width):
@@ -111,6 +115,8 @@ class Matter:
 
         with self._stage(stats, "prior"):
             prior_lr, context = self._prior(image)
+            if prior is not None:
+                prior_lr = prior.to(self.device, torch.float32).clamp(0, 1)[None, None]
             prior = resize_like(prior_lr, image)
         with self._stage(stats, "masks"):
             masks = sparsity_masks(prior, image, None if state is None else state.frame)

@@ -1,0 +1,143 @@
+"""The ``sparsemat`` command.
+
+    sparsemat matte INPUT OUTPUT [options]
+
+Heavy modules (torch, OpenImageIO) are imported inside the subcommands so that
+``sparsemat --help`` answers at once and errors in arguments come back fast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_FAILED = 1  # the job ran but some frames failed, or it had to stop
+EXIT_USAGE = 2  # nothing was done: bad arguments, no frames, no checkpoint
+
+
+class UsageError(Exception):
+    """Nothing could start; the message says what is needed."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsemat", description="Full-resolution alpha mattes with SparseMat.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    matte = commands.add_parser(
+        "matte", help="matte an image or a frame sequence",
+        description="Matte an image or a frame sequence (patterns: clip/f.%%04d.exr or clip/f.####.exr).")
+    matte.add_argument("input", help="image file or sequence pattern")
+    matte.add_argument("output", help="output file or pattern (.exr float/half, .png/.tif 16-bit); frame numbers are kept")
+    matte.add_argument("--frames", help="frame range such as 1001-1100, 1-10x2 or 1,3,5-7 (default: the frames on disk)")
+    matte.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
+                       help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT)")
+    matte.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    matte.add_argument("--temporal", action=argparse.BooleanOptionalAction, default=None,
+                       help="reuse the previous frame's alpha where nothing changed (default: on for sequences)")
+    matte.add_argument("--max-pixels", type=_positive_int, default=None,
+                       help="most pixels refined at full resolution before the cascade takes over (default 4000000)")
+    matte.add_argument("--half-precision", action="store_true", help="run the network in float16 (CUDA only)")
+    matte.add_argument("--half", action="store_true", help="write EXR alpha as half instead of float")
+    matte.add_argument("--skip-existing", action="store_true", help="leave frames whose output exists (farm re-runs)")
+    matte.add_argument("--input-colorspace", dest="colourspace", metavar="NAME",
+                       help="srgb, linear, or an OpenColorIO colourspace (default: linear for EXR, srgb otherwise)")
+    matte.add_argument("--prior", metavar="PATTERN",
+                       help="coarse alpha per frame (any resolution) used instead of the network's prior alpha")
+    matte.add_argument("--backend", default="torch", choices=("torch", "spconv"), help="sparse convolution backend")
+    matte.add_argument("--quiet", action="store_true", help="no progress bar")
+    matte.set_defaults(run=run_matte)
+    return parser
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA device")
+    return name
+
+
+def _plan_job(args):
+    from .imageio import SUPPORTED_OUTPUTS
+    from .job import MatteJob
+    from .sequence import SequenceError, find_frames, parse_frame_range, parse_pattern
+
+    try:
+        source, target = parse_pattern(args.input), parse_pattern(args.output)
+        prior = parse_pattern(args.prior) if args.prior else None
+        if source.is_sequence != target.is_sequence:
+            raise UsageError("INPUT and OUTPUT must both be sequence patterns (%04d or ####) or both single files")
+        if prior is not None and prior.is_sequence != source.is_sequence:
+            raise UsageError("--prior must be a sequence pattern exactly when INPUT is")
+        if os.path.splitext(args.output)[1].lower() not in SUPPORTED_OUTPUTS:
+            raise UsageError(f"OUTPUT must end in one of {', '.join(SUPPORTED_OUTPUTS)}: {args.output}")
+        if not source.is_sequence:
+            if args.frames:
+                raise UsageError("--frames needs a sequence pattern as INPUT")
+            if not os.path.exists(args.input):
+                raise UsageError(f"input not found: {args.input}")
+            frames = [None]
+        else:
+            frames = parse_frame_range(args.frames) if args.frames else find_frames(source)
+    except SequenceError as exc:
+        raise UsageError(str(exc)) from exc
+    temporal = source.is_sequence if args.temporal is None else args.temporal
+    return MatteJob(source, target, frames, temporal=temporal, skip_existing=args.skip_existing,
+                    colourspace=args.colourspace, half=args.half, prior=prior)
+
+
+def _load_matter(args):
+    from .matting import MAX_PIXELS, Matter
+    from .model import CheckpointError, SparseMat
+
+    if not args.checkpoint:
+        raise UsageError("no checkpoint: pass --checkpoint PATH or set SPARSEMAT_CHECKPOINT "
+                         "(the published SparseMat.pth, or a file saved by sparsemat)")
+    device = _resolve_device(args.device)
+    if args.half_precision and device != "cuda":
+        raise UsageError("--half-precision needs a CUDA device")
+    try:
+        model = SparseMat.from_checkpoint(args.checkpoint)
+        return Matter(model, device=device, max_pixels=args.max_pixels or MAX_PIXELS,
+                      backend=args.backend, half=args.half_precision)
+    except (CheckpointError, ValueError, ImportError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def run_matte(args) -> int:
+    from .job import InProcessMatter, JobError, run_job
+
+    job = _plan_job(args)
+    matter = _load_matter(args)
+    try:
+        summary = run_job(job, InProcessMatter(matter), progress=not args.quiet)
+    except JobError as exc:
+        print(f"sparsemat: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(summary.describe())
+    return 0 if summary.ok else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        print(f"sparsemat: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sparsemat: interrupted; frames already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

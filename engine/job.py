@@ -1,0 +1,151 @@
+"""A matte job over an image or a frame sequence: read, matte, write, report.
+
+The job knows nothing of torch: it hands frames to a ``matte`` callable
+(:class:`InProcessMatter` here; a remote engine client has the same shape) and
+writes what comes back. Errors are sorted by whether the run can go on:
+
+- a frame that cannot be read (missing, truncated, NaN pixels): reported, the
+  temporal stream restarts after it, the other frames are still done, and the
+  job fails at the end;
+- an output that cannot be written: the job stops at once;
+- frames already written are never removed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .imageio import ImageReadError, ImageWriteError, read_alpha, read_rgb, write_alpha
+from .sequence import Pattern
+
+
+class JobError(RuntimeError):
+    """The job cannot go on; the message says why."""
+
+
+class FrameMatter(Protocol):
+    def __call__(self, frame_rgb: np.ndarray, new_stream: bool, prior: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, object]:
+        """Alpha (H, W) float32 and the frame's stats (with ``active_fraction`` and ``note``)."""
+
+
+@dataclass
+class MatteJob:
+    input: Pattern
+    output: Pattern
+    frames: list  # frame numbers, or [None] for a single image
+    temporal: bool = True
+    skip_existing: bool = False
+    colourspace: str | None = None
+    half: bool = False
+    prior: Pattern | None = None
+
+
+@dataclass
+class JobSummary:
+    written: int = 0
+    skipped: int = 0
+    failed: list = field(default_factory=list)  # (frame, message)
+    seconds: float = 0.0
+    active_fractions: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def describe(self) -> str:
+        per_frame = self.seconds / self.written if self.written else 0.0
+        mean_active = float(np.mean(self.active_fractions)) if self.active_fractions else 0.0
+        text = (f"{self.written} frame(s) written, {self.skipped} skipped, {len(self.failed)} failed "
+                f"in {self.seconds:.1f} s ({per_frame:.2f} s/frame); mean active fraction {mean_active:.2%}")
+        for frame, message in self.failed:
+            text += f"\n  failed: {message}"
+        return text
+
+
+def _frame_label(frame) -> str:
+    return "image" if frame is None else f"frame {frame}"
+
+
+def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Callable[[str], None] | None = None
+            ) -> JobSummary:
+    """Run ``job``; raises JobError when it cannot go on (what was written stays)."""
+    from tqdm import tqdm
+
+    summary = JobSummary()
+    out_dir = os.path.dirname(os.path.abspath(job.output.path(job.frames[0])))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from exc
+
+    todo = [f for f in job.frames if not (job.skip_existing and os.path.exists(job.output.path(f)))]
+    summary.skipped = len(job.frames) - len(todo)
+    bar = tqdm(total=len(todo), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    say = log or bar.write
+    start = time.perf_counter()
+    previous = None  # the last frame matted in this stream
+    # Read one frame ahead so decoding overlaps the matte of the current frame.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsemat-read") as reader:
+        pending: Future | None = reader.submit(_read, job, todo[0]) if todo else None
+        for index, frame in enumerate(todo):
+            current = pending.result()
+            pending = reader.submit(_read, job, todo[index + 1]) if index + 1 < len(todo) else None
+            if isinstance(current, Exception):
+                summary.failed.append((frame, str(current)))
+                say(f"error: {current}")
+                previous = None
+                bar.update()
+                continue
+            pixels, prior = current
+            contiguous = previous is not None and frame is not None and frame == previous + 1
+            alpha, stats = matte(pixels, new_stream=not (job.temporal and contiguous), prior=prior)
+            if getattr(stats, "note", ""):
+                say(f"{_frame_label(frame)}: {stats.note}")
+            try:
+                write_alpha(job.output.path(frame), alpha, half=job.half)
+            except (ImageWriteError, OSError, ValueError) as exc:
+                bar.close()
+                raise JobError(f"cannot write {_frame_label(frame)}: {exc}") from exc
+            previous = frame
+            summary.written += 1
+            summary.active_fractions.append(stats.active_fraction)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix_str(f"{summary.written / elapsed:.2f} fps, active {stats.active_fraction:.1%}")
+            bar.update()
+    bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _read(job: MatteJob, frame):
+    """(pixels, prior) of one frame, or the exception that stopped the read."""
+    try:
+        pixels = read_rgb(job.input.path(frame), job.colourspace)
+        prior = read_alpha(job.prior.path(frame)) if job.prior is not None else None
+        return pixels, prior
+    except (ImageReadError, OSError, ValueError) as exc:
+        return exc
+
+
+class InProcessMatter:
+    """Keeps one stream's temporal state between calls and runs the model in this process."""
+
+    def __init__(self, matter):
+        self.matter = matter
+        self.state = None
+
+    def __call__(self, frame_rgb: np.ndarray, new_stream: bool, prior: np.ndarray | None = None):
+        import torch
+
+        frame = torch.from_numpy(frame_rgb)
+        prior_t = None if prior is None else torch.from_numpy(prior)
+        alpha, state, stats = self.matter.matte(frame, None if new_stream else self.state, prior=prior_t)
+        self.state = state
+        return alpha.cpu().numpy(), stats

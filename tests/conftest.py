@@ -1,0 +1,53 @@
+"""Shared fixtures: the published-format checkpoint generator and the reference clip."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("SPARSEMAT_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
+
+
+def make_checkpoint(seed: int, path: Path, module: bool = False) -> Path:
+    """A seeded random checkpoint in the published format, written by the fixture's own script."""
+    command = [sys.executable, str(FIXTURES / "make_ckpt.py"), str(seed), str(path)] + (["--module"] if module else [])
+    subprocess.run(command, check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference():
+    if not (FIXTURES / "seed1_256x384.npz").exists():
+        pytest.fail(f"reference fixtures not found in {FIXTURES} (set SPARSEMAT_FIXTURES)")
+    return dict(np.load(FIXTURES / "seed1_256x384.npz"))
+
+
+@pytest.fixture(scope="session")
+def seed1_checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(1, tmp_path_factory.mktemp("ckpt") / "seed1.pth")
+
+
+@pytest.fixture(scope="session")
+def seed1_model(seed1_checkpoint):
+    from sparsemat.engine.model import SparseMat
+
+    return SparseMat.from_checkpoint(str(seed1_checkpoint))
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed ``sparsemat`` console command, as a user runs it."""
+    return subprocess.run(["sparsemat", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def assert_faithful(alpha: np.ndarray, ref: np.ndarray, label: str = "") -> None:
+    """The fixture README's tolerance: mean |diff| <= 1e-4 and >= 99.9% of pixels within 1e-3."""
+    assert alpha.shape == ref.shape, f"{label}: shape {alpha.shape} != {ref.shape}"
+    diff = np.abs(alpha.astype(np.float64) - ref)
+    within = float((diff <= 1e-3).mean())
+    assert diff.mean() <= 1e-4 and within >= 0.999, f"{label}: mean {diff.mean():.2e}, within 1e-3: {within:.4%}"

@@ -1,0 +1,65 @@
+"""Inference rules where the published code breaks: empty bands, over-budget cascades, size changes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparsemat.engine.matting import Matter, prior_input_size
+
+
+@pytest.fixture(scope="module")
+def frames(reference):
+    return [torch.from_numpy(frame).float() / 255 for frame in reference["frames"]]
+
+
+@pytest.mark.parametrize("size, expected", [((256, 384), (512, 768)), ((2160, 3840), (512, 928)),
+                                            ((1080, 1920), (512, 928)), ((300, 200), (768, 512))])
+def test_prior_input_size_rule(size, expected):
+    assert prior_input_size(*size) == expected
+
+
+def test_frame_without_uncertain_pixels_is_the_prior(seed1_model, frames):
+    certain = torch.ones(32, 48)
+    alpha, _, stats = Matter(seed1_model).matte(frames[0], prior=certain)
+    assert stats.active_pixels == 0 and torch.equal(alpha, torch.ones_like(alpha))
+
+
+def test_static_frame_reuses_previous_alpha_without_refining(seed1_model, frames):
+    matter = Matter(seed1_model)
+    first, state, _ = matter.matte(frames[0])
+    again, _, stats = matter.matte(frames[0].clone(), state)
+    assert stats.reused and stats.active_pixels == 0 and stats.temporal_pixels == 0
+    assert torch.equal(again, first)
+
+
+def test_budget_below_the_quarter_scale_band_still_gives_a_full_size_matte(seed1_model, frames):
+    alpha, _, stats = Matter(seed1_model, max_pixels=1000).matte(frames[0])
+    assert stats.mode == "rescale" and 0 < stats.active_pixels <= 1000
+    assert alpha.shape == frames[0].shape[:2] and torch.isfinite(alpha).all()
+    assert 0 <= float(alpha.min()) and float(alpha.max()) <= 1
+
+
+def test_tiny_budget_is_refused(seed1_model):
+    with pytest.raises(ValueError, match="at least 64"):
+        Matter(seed1_model, max_pixels=10)
+
+
+def test_frame_of_another_size_starts_a_new_stream(seed1_model, frames):
+    matter = Matter(seed1_model)
+    _, state, _ = matter.matte(frames[0])
+    smaller = frames[1][:200, :300].contiguous()
+    alpha, new_state, stats = matter.matte(smaller, state)
+    assert not stats.reused and "new stream" in stats.note and "300x200" in stats.note
+    alone, _, _ = matter.matte(smaller)
+    assert torch.equal(alpha, alone) and new_state.size == (200, 300)
+
+
+def test_prior_input_replaces_the_network_alpha(seed1_model, frames):
+    prior = torch.zeros(64, 96)
+    prior[16:48, 24:72] = 1.0
+    alpha, _, stats = Matter(seed1_model).matte(frames[0], prior=prior)
+    band_fraction = stats.spatial_pixels / alpha.numel()
+    assert 0.05 < band_fraction < 0.6
+    far_outside = alpha[:5, :5].numpy()
+    assert np.all(far_outside == 0.0)

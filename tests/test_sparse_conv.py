@@ -1,0 +1,115 @@
+"""The pure-torch sparse convolutions against dense torch convolutions, and against spconv."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_faithful, make_checkpoint
+from sparsemat.engine.model.backends import make_plan, spconv_available
+from sparsemat.engine.model.sparse import Sites, downsample, gather_conv, submanifold_map
+
+
+def dense_features(sites: Sites, features: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) with the site features in place and zeros elsewhere."""
+    dense = features.new_zeros(features.shape[1], *sites.shape)
+    dense[:, sites.coords[:, 0], sites.coords[:, 1]] = features.T
+    return dense[None]
+
+
+def at_sites(dense: torch.Tensor, sites: Sites) -> torch.Tensor:
+    return dense[0, :, sites.coords[:, 0], sites.coords[:, 1]].T
+
+
+def as_oihw(weight: torch.Tensor) -> torch.Tensor:
+    return weight.reshape(3, 3, weight.shape[1], weight.shape[2]).permute(3, 2, 0, 1)
+
+
+@pytest.fixture(params=[1.0, 0.15], ids=["dense", "sparse"])
+def level(request):
+    generator = torch.Generator().manual_seed(7)
+    mask = torch.rand(23, 30, generator=generator) < request.param
+    sites = Sites.from_mask(mask)
+    return sites, torch.randn(sites.count, 5, generator=generator, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_submanifold_equals_dense_conv_at_active_sites(level, dilation):
+    sites, features = level
+    weight = torch.randn(9, 5, 4, dtype=torch.float64)
+    bias = torch.randn(4, dtype=torch.float64)
+    ours = gather_conv(features, submanifold_map(sites, dilation), weight, bias)
+    dense = F.conv2d(dense_features(sites, features), as_oihw(weight), bias, padding=dilation, dilation=dilation)
+    torch.testing.assert_close(ours, at_sites(dense, sites))
+
+
+def test_strided_conv_sites_and_values_equal_dense_conv(level):
+    sites, features = level
+    weight = torch.randn(9, 5, 4, dtype=torch.float64)
+    step = downsample(sites)
+    dense_mask = dense_features(sites, torch.ones(sites.count, 1, dtype=torch.float64))
+    reached = F.max_pool2d(dense_mask, 3, stride=2, padding=1)[0, 0] > 0
+    assert torch.equal(step.coarse.coords, torch.nonzero(reached))
+    ours = gather_conv(features, step.forward_map, weight)
+    dense = F.conv2d(dense_features(sites, features), as_oihw(weight), stride=2, padding=1)
+    torch.testing.assert_close(ours, at_sites(dense, step.coarse))
+
+
+def test_inverse_conv_equals_transposed_conv(level):
+    sites, _ = level
+    step = downsample(sites)
+    coarse_features = torch.randn(step.coarse.count, 6, dtype=torch.float64)
+    weight = torch.randn(9, 6, 3, dtype=torch.float64)
+    ours = gather_conv(coarse_features, step.inverse_map, weight)
+    height = sites.shape[0] - (2 * step.coarse.shape[0] - 1)
+    width = sites.shape[1] - (2 * step.coarse.shape[1] - 1)
+    transposed = weight.reshape(3, 3, 6, 3).permute(2, 3, 0, 1)
+    dense = F.conv_transpose2d(dense_features(step.coarse, coarse_features), transposed, stride=2, padding=1,
+                               output_padding=(height, width))
+    torch.testing.assert_close(ours, at_sites(dense, sites))
+
+
+def test_empty_sites_give_empty_output():
+    sites = Sites.from_mask(torch.zeros(8, 8, dtype=torch.bool))
+    out = gather_conv(torch.zeros(0, 3), submanifold_map(sites), torch.randn(9, 3, 2))
+    assert out.shape == (0, 2)
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv is not installed (pip install '.[spconv]')")
+def test_spconv_backend_matches_torch_backend_on_another_seed_and_odd_size(tmp_path):
+    """Whole pipeline (prior, band, temporal, cascade) through both backends: seed 2, 203 x 331."""
+    from sparsemat.engine.matting import Matter
+    from sparsemat.engine.model import SparseMat
+
+    model = SparseMat.from_checkpoint(str(make_checkpoint(2, tmp_path / "seed2.pth")))
+    generator = np.random.default_rng(3)
+    base = generator.random((203, 331, 3), dtype=np.float32)
+    frames = [torch.from_numpy(base), torch.from_numpy(np.roll(base, 4, axis=1))]
+    results = {}
+    for backend in ("torch", "spconv"):
+        matter = Matter(model, backend=backend)
+        first, state, _ = matter.matte(frames[0])
+        second, _, stats = matter.matte(frames[1], state)
+        cascade, _, cascade_stats = Matter(model, backend=backend, max_pixels=20000).matte(frames[0])
+        assert stats.reused and cascade_stats.mode == "cascade"
+        results[backend] = (first.numpy(), second.numpy(), cascade.numpy())
+    for label, ours, theirs in zip(("image", "temporal", "cascade"), results["torch"], results["spconv"]):
+        assert_faithful(ours, theirs, label)
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv is not installed (pip install '.[spconv]')")
+def test_spconv_plan_matches_torch_plan_per_rule():
+    generator = torch.Generator().manual_seed(11)
+    sites = Sites.from_mask(torch.rand(40, 37, generator=generator) < 0.3)
+    features = torch.randn(sites.count, 8, generator=generator)
+    ours, theirs = make_plan("torch", sites), make_plan("spconv", sites)
+    weight, bias = torch.randn(9, 8, 8, generator=generator), torch.randn(8, generator=generator)
+    for rule in ("subm0", "subm0_d2"):
+        torch.testing.assert_close(ours.conv(rule, features, weight, bias), theirs.conv(rule, features, weight, bias),
+                                   rtol=1e-4, atol=1e-4)
+    down_ours, down_theirs = ours.conv("down0", features, weight, None), theirs.conv("down0", features, weight, None)
+    assert down_ours.shape == down_theirs.shape
+    # coarse rows may come in another order; the inverse brings both back onto `sites`' order
+    torch.testing.assert_close(ours.conv("up0", down_ours, weight, bias), theirs.conv("up0", down_theirs, weight, bias),
+                               rtol=1e-4, atol=1e-4)
