@@ -88,7 +88,7 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
     todo = [f for f in job.frames if not (job.skip_existing and os.path.exists(job.output.path(f)))]
     summary.skipped = len(job.frames) - len(todo)
     bar = tqdm(total=len(todo), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    say = log or bar.write
+    say = log or (lambda message: bar.write(message, file=sys.stderr))
     start = time.perf_counter()
     previous = None  # the last frame matted in this stream
     # Read one frame ahead so decoding overlaps the matte of the current frame.

@@ -39,6 +39,17 @@ def seed1_model(seed1_checkpoint):
     return SparseMat.from_checkpoint(str(seed1_checkpoint))
 
 
+def write_rgb(path, pixels: np.ndarray) -> None:
+    """An RGB test image through OpenImageIO: uint8 pixels as 8-bit, float32 as float (EXR)."""
+    import OpenImageIO as oiio
+
+    kind = oiio.UINT8 if pixels.dtype == np.uint8 else oiio.FLOAT
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), oiio.ImageSpec(pixels.shape[1], pixels.shape[0], pixels.shape[2], kind)), out.geterror()
+    assert out.write_image(np.ascontiguousarray(pixels)), out.geterror()
+    out.close()
+
+
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """The installed ``sparsemat`` console command, as a user runs it."""
     return subprocess.run(["sparsemat", *map(str, args)], capture_output=True, text=True,

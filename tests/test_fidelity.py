@@ -4,21 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import assert_faithful, make_checkpoint, run_cli
+from conftest import assert_faithful, make_checkpoint, run_cli, write_rgb
 from sparsemat.engine.imageio import read_alpha
 
 
 def write_png_clip(frames: np.ndarray, folder) -> str:
     """The fixture's uint8 RGB frames as 8-bit PNGs clip/f.0000.png ... (frame numbers from 0)."""
-    import OpenImageIO as oiio
-
     folder.mkdir(parents=True, exist_ok=True)
     for index, frame in enumerate(frames):
-        spec = oiio.ImageSpec(frame.shape[1], frame.shape[0], 3, oiio.UINT8)
-        out = oiio.ImageOutput.create(str(folder / f"f.{index:04d}.png"))
-        assert out.open(str(folder / f"f.{index:04d}.png"), spec), out.geterror()
-        assert out.write_image(np.ascontiguousarray(frame)), out.geterror()
-        out.close()
+        write_rgb(folder / f"f.{index:04d}.png", frame)
     return str(folder / "f.%04d.png")
 
 

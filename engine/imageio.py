@@ -1,0 +1,267 @@
+"""Reading plate frames and writing alpha mattes through OpenImageIO.
+
+``read_rgb`` returns what the matting model expects: float32 (H, W, 3), sRGB-encoded,
+in [0, 1]. Scene-linear plates (EXR, HDR) are encoded with the sRGB transfer function;
+other colourspaces go through OpenColorIO. ``write_alpha`` writes one-channel mattes
+atomically, so an interrupted run never leaves a half-written frame behind.
+
+OpenImageIO rules this module keeps (breaking them crashed or corrupted data here):
+one-channel pixels are passed as (H, W, 1), never (H, W); pixels are always read as a
+concrete type (``oiio.FLOAT``), never ``oiio.UNKNOWN``; the matte channel is named "A"
+explicitly, since OpenImageIO otherwise calls a lone channel "Y"; and a read is only
+trusted when it returned pixels *and* left no error behind (a truncated JPEG returns
+pixels and only reports the damage through ``has_error``).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import numpy as np
+import OpenImageIO as oiio
+import PyOpenColorIO as ocio
+
+SUPPORTED_OUTPUTS = (".exr", ".png", ".tif", ".tiff")
+
+# Extensions whose pixels are scene-linear by convention; everything else is display-encoded.
+LINEAR_EXTENSIONS = (".exr", ".hdr")
+
+# Names of the sRGB-encoded Rec.709 colourspace in common OCIO configs, tried in order.
+SRGB_COLOURSPACE_NAMES = (
+    "sRGB Encoded Rec.709 (sRGB)",
+    "sRGB - Texture",
+    "srgb_tx",
+    "Utility - sRGB - Texture",
+    "sRGB",
+)
+BUILTIN_OCIO_CONFIG = "ocio://default"
+# A missing file (config or LUT) raises ExceptionMissingFile, which is not an ocio.Exception.
+_OCIO_ERRORS = (ocio.Exception, ocio.ExceptionMissingFile)
+
+
+class ImageReadError(ValueError):
+    """A frame could not be read, or its pixels are unusable."""
+
+
+class ImageWriteError(OSError):
+    """A matte could not be written."""
+
+
+def read_rgb(path: str, colourspace: str | None = None) -> np.ndarray:
+    """float32 (H, W, 3) sRGB-encoded pixels in [0, 1], C-contiguous.
+
+    ``colourspace`` names how the file's pixels are encoded: "srgb" (used as they are,
+    clipped to [0, 1]), "linear" (scene-linear Rec.709, clipped, then encoded with the sRGB
+    curve) or any colourspace of the OCIO config ($OCIO, else the built-in one). By default EXR and HDR files are "linear"
+    and everything else "srgb". Gray images are replicated to three channels; alpha is ignored.
+    """
+    if colourspace is None:
+        colourspace = "linear" if os.path.splitext(path)[1].lower() in LINEAR_EXTENSIONS else "srgb"
+    # Resolved before reading, so a bad name fails at once rather than after a slow read.
+    encode = _display_encoder(colourspace)
+    pixels = _read_channels(path, _colour_channels)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(encode(pixels), dtype=np.float32)
+
+
+def read_alpha(path: str) -> np.ndarray:
+    """float32 (H, W) matte: the channel named "A", else the first channel."""
+    return _read_channels(path, _alpha_channel)[..., 0]
+
+
+def write_alpha(path: str, alpha: np.ndarray, half: bool = False) -> None:
+    """Write an (H, W) matte, picking the format from the extension.
+
+    EXR: one float channel named "A" (half floats when ``half``), zip compressed.
+    PNG and TIFF: 16-bit, values clipped to [0, 1]. The file is written next to its final
+    name and renamed onto it, so readers never see a partial frame. The folder must exist.
+    """
+    stem, extension = os.path.splitext(os.path.basename(path))
+    if extension.lower() not in SUPPORTED_OUTPUTS:
+        raise ValueError(
+            f"cannot write '{path}': unsupported extension '{extension}' "
+            f"(supported: {', '.join(SUPPORTED_OUTPUTS)})"
+        )
+    alpha = np.asarray(alpha, dtype=np.float32)
+    if alpha.ndim != 2:
+        raise ValueError(f"cannot write '{path}': alpha must be 2-D (H, W), got shape {alpha.shape}")
+    if not np.isfinite(alpha).all():
+        raise ValueError(f"cannot write '{path}': alpha contains NaN or infinite values")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ImageWriteError(f"cannot write '{path}': folder '{folder}' does not exist")
+
+    spec, pixels = _alpha_image(alpha, extension.lower(), half)
+    # Same folder, so os.replace is an atomic rename; the real extension tells OIIO the format.
+    temporary = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{extension}")
+    try:
+        _write_image(temporary, spec, pixels, path, folder)
+        try:
+            os.replace(temporary, path)
+        except OSError as error:
+            raise ImageWriteError(f"cannot write '{path}': {error.strerror or error}") from error
+    except BaseException:
+        try:
+            os.remove(temporary)
+        except OSError:
+            pass  # never written, or already gone; the original error matters more
+        raise
+
+
+def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]]) -> np.ndarray:
+    """C-contiguous float32 (H, W, C) of the chosen channels over the display window, all finite."""
+    # Keep stored colour values of straight-alpha files (PNG, TIFF) instead of premultiplying.
+    hints = oiio.ImageSpec()
+    hints.attribute("oiio:UnassociatedAlpha", 1)
+    image = oiio.ImageInput.open(path, hints)
+    if image is None:
+        raise ImageReadError(f"cannot read '{path}': {oiio.geterror() or 'unknown error'}")
+    try:
+        spec = image.spec()
+        channels = choose(spec)
+        # Read only the span that holds the wanted channels: EXRs may carry many more.
+        first = min(channels)
+        pixels = image.read_image(0, 0, first, max(channels) + 1, oiio.FLOAT)
+        if pixels is None or image.has_error:
+            reason = image.geterror() or "the pixel data could not be read"
+            raise ImageReadError(f"cannot read '{path}': {reason}")
+    finally:
+        image.close()
+    # Picking channels by index yields a non-contiguous array; OCIO needs a packed one.
+    pixels = np.ascontiguousarray(pixels[..., [channel - first for channel in channels]])
+    pixels = _in_display_window(pixels, spec)
+    _check_finite(path, pixels)
+    return pixels
+
+
+def _colour_channels(spec: oiio.ImageSpec) -> list[int]:
+    names = list(spec.channelnames)
+    if all(name in names for name in "RGB"):
+        return [names.index(name) for name in "RGB"]
+    if spec.nchannels >= 3:
+        return [0, 1, 2]
+    # Gray, possibly with alpha: take the channel that is not the alpha.
+    return [1 if spec.nchannels == 2 and spec.alpha_channel == 0 else 0]
+
+
+def _alpha_channel(spec: oiio.ImageSpec) -> list[int]:
+    names = list(spec.channelnames)
+    return [names.index("A") if "A" in names else 0]
+
+
+def _in_display_window(pixels: np.ndarray, spec: oiio.ImageSpec) -> np.ndarray:
+    """Place the data window into the display window, as compositing apps do.
+
+    EXRs may store a smaller (auto-cropped) or larger (overscan) data window than the frame;
+    mattes must match the frame, so missing pixels are zero and overscan is cropped.
+    """
+    data = (spec.x, spec.y, spec.width, spec.height)
+    display = (spec.full_x, spec.full_y, spec.full_width, spec.full_height)
+    if data == display or spec.full_width <= 0 or spec.full_height <= 0:
+        return pixels
+    frame = np.zeros((spec.full_height, spec.full_width, pixels.shape[2]), dtype=np.float32)
+    left, top = max(spec.x, spec.full_x), max(spec.y, spec.full_y)
+    right = min(spec.x + spec.width, spec.full_x + spec.full_width)
+    bottom = min(spec.y + spec.height, spec.full_y + spec.full_height)
+    if left < right and top < bottom:
+        inside = pixels[top - spec.y : bottom - spec.y, left - spec.x : right - spec.x]
+        frame[top - spec.full_y : bottom - spec.full_y, left - spec.full_x : right - spec.full_x] = inside
+    return frame
+
+
+def _check_finite(path: str, pixels: np.ndarray) -> None:
+    bad = ~np.isfinite(pixels)
+    if bad.any():
+        # Row-major order, so the first bad pixel is the top-most, then left-most one.
+        y, x = divmod(int(np.argmax(bad.any(axis=2))), pixels.shape[1])
+        raise ImageReadError(
+            f"'{path}' contains {int(bad.sum())} NaN/infinite pixel values (first at x={x}, y={y})"
+        )
+
+
+def _display_encoder(colourspace: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Function turning C-contiguous float32 (H, W, 3) pixels of ``colourspace`` into sRGB in [0, 1]."""
+    key = colourspace.lower()
+    if key == "srgb":
+        return lambda pixels: np.clip(pixels, 0.0, 1.0)
+    if key == "linear":
+        return lambda pixels: _srgb_encode(np.clip(pixels, 0.0, 1.0))
+    processor = _ocio_processor(os.environ.get("OCIO") or BUILTIN_OCIO_CONFIG, colourspace)
+
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        height, width, _ = pixels.shape
+        processor.apply(ocio.PackedImageDesc(pixels, width, height, 3))  # in place
+        return np.clip(pixels, 0.0, 1.0)
+
+    return encode
+
+
+def _srgb_encode(linear: np.ndarray) -> np.ndarray:
+    """The piecewise sRGB transfer function, for linear values in [0, 1]."""
+    power = np.power(linear, 1 / 2.4)
+    # 1.055 p - 0.055 rearranged: in float32 the textbook form maps 1.0 to 0.99999994, not white.
+    return np.where(linear <= 0.0031308, 12.92 * linear, power + 0.055 * (power - 1.0))
+
+
+@functools.cache
+def _ocio_config(source: str) -> ocio.Config:
+    try:
+        return ocio.Config.CreateFromFile(source)
+    except _OCIO_ERRORS as error:
+        raise ValueError(f"cannot load OCIO config '{source}': {error}") from error
+
+
+@functools.cache
+def _ocio_processor(source: str, colourspace: str) -> ocio.CPUProcessor:
+    """CPU processor from ``colourspace`` to sRGB-encoded Rec.709; cached, as building one is slow."""
+    config = _ocio_config(source)
+    if config.getColorSpace(colourspace) is None:
+        raise ValueError(
+            f"unknown colourspace '{colourspace}': use 'srgb', 'linear' or a colourspace "
+            f"name from the OCIO config '{source}'"
+        )
+    target = next((name for name in SRGB_COLOURSPACE_NAMES if config.getColorSpace(name) is not None), None)
+    if target is None:
+        raise ValueError(
+            f"the OCIO config '{source}' has no sRGB-encoded Rec.709 colourspace "
+            f"(tried {', '.join(repr(name) for name in SRGB_COLOURSPACE_NAMES)})"
+        )
+    try:
+        return config.getProcessor(colourspace, target).getDefaultCPUProcessor()
+    except _OCIO_ERRORS as error:
+        raise ValueError(
+            f"cannot convert colourspace '{colourspace}' to '{target}' "
+            f"with the OCIO config '{source}': {error}"
+        ) from error
+
+
+def _alpha_image(alpha: np.ndarray, extension: str, half: bool) -> tuple[oiio.ImageSpec, np.ndarray]:
+    """Spec and (H, W, 1) pixels for a matte; (H, W) pixels are misread by OIIO."""
+    height, width = alpha.shape
+    if extension == ".exr":
+        spec = oiio.ImageSpec(width, height, 1, oiio.HALF if half else oiio.FLOAT)
+        spec.attribute("compression", "zip")
+        spec.alpha_channel = 0
+        pixels = alpha
+    else:
+        spec = oiio.ImageSpec(width, height, 1, oiio.UINT16)
+        # Quantise here so the rounding is ours, not the writer's.
+        pixels = np.round(np.clip(alpha, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    spec.channelnames = ("A",)
+    return spec, np.ascontiguousarray(pixels[..., np.newaxis])
+
+
+def _write_image(
+    temporary: str, spec: oiio.ImageSpec, pixels: np.ndarray, path: str, folder: str
+) -> None:
+    output = oiio.ImageOutput.create(temporary)
+    if output is None:
+        raise ImageWriteError(f"cannot write '{path}': {oiio.geterror() or 'no writer for this format'}")
+    # Trust return values only: the TIFF writer reports a spurious Exif error on success.
+    written = output.open(temporary, spec) and output.write_image(pixels)
+    closed = output.close()
+    if not (written and closed):
+        reason = output.geterror() or "unknown error"
+        raise ImageWriteError(f"cannot write '{path}' in folder '{folder}': {reason}")
