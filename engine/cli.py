@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     matte = commands.add_parser(
         "matte", help="matte an image or a frame sequence",
-        description="Matte an image or a frame sequence (patterns: clip/f.%%04d.exr or clip/f.####.exr).")
+        description="Matte an image or a frame sequence (patterns: clip/f.%04d.exr or clip/f.####.exr).")
     matte.add_argument("input", help="image file or sequence pattern")
     matte.add_argument("output", help="output file or pattern (.exr float/half, .png/.tif 16-bit); frame numbers are kept")
     matte.add_argument("--frames", help="frame range such as 1001-1100, 1-10x2 or 1,3,5-7 (default: the frames on disk)")
