@@ -51,9 +51,48 @@ def build_parser() -> argparse.ArgumentParser:
     matte.add_argument("--prior", metavar="PATTERN",
                        help="coarse alpha per frame (any resolution) used instead of the network's prior alpha")
     matte.add_argument("--backend", default="torch", choices=("torch", "spconv"), help="sparse convolution backend")
+    matte.add_argument("--engine", metavar="ADDRESS",
+                       help="send frames to a running engine (ipc://... or tcp://...) instead of loading the model here")
     matte.add_argument("--quiet", action="store_true", help="no progress bar")
     matte.set_defaults(run=run_matte)
+
+    engine = commands.add_parser("engine", help="the engine daemon: start, stop, status, serve",
+                                 description="Manage the persistent engine process that hosts connect to.")
+    actions = engine.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("start", "start a detached engine; returns once it answers"),
+                       ("serve", "run the engine in the foreground (systemd, containers)"),
+                       ("stop", "finish in-flight requests and stop the engine"),
+                       ("status", "print the engine's address, pid, uptime, device, streams, memory, frames")):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("--address", default=None,
+                            help="ipc://PATH or tcp://HOST:PORT (default: a socket in the user's runtime folder; "
+                                 "tcp://:PORT binds to loopback)")
+        if name in ("start", "serve"):
+            action.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
+                                help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT)")
+            action.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+            action.add_argument("--memory-budget", type=float, default=4.0, metavar="GB",
+                                help="memory for per-stream temporal state; least recently used streams are evicted")
+        action.set_defaults(run=run_engine_command)
     return parser
+
+
+def run_engine_command(args) -> int:
+    from . import daemon
+
+    try:
+        address = daemon.normalize_address(args.address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.action == "start":
+        return daemon.start(address, args.checkpoint, args.device, args.memory_budget)
+    if args.action == "serve":
+        if not args.checkpoint:
+            raise UsageError("no checkpoint: pass --checkpoint PATH or set SPARSEMAT_CHECKPOINT")
+        return daemon.serve(address, args.checkpoint, args.device, args.memory_budget)
+    if args.action == "stop":
+        return daemon.stop(address)
+    return daemon.status(address)
 
 
 def _resolve_device(name: str) -> str:
@@ -95,20 +134,21 @@ def _plan_job(args):
                     colourspace=args.colourspace, half=args.half, prior=prior)
 
 
-def _load_matter(args):
+def load_matter(checkpoint: str | None, device: str = "auto", max_pixels: int | None = None,
+                backend: str = "torch", half: bool = False):
+    """The model from ``checkpoint``, ready on ``device``; UsageError says what is wrong."""
     from .matting import MAX_PIXELS, Matter
     from .model import CheckpointError, SparseMat
 
-    if not args.checkpoint:
+    if not checkpoint:
         raise UsageError("no checkpoint: pass --checkpoint PATH or set SPARSEMAT_CHECKPOINT "
                          "(the published SparseMat.pth, or a file saved by sparsemat)")
-    device = _resolve_device(args.device)
-    if args.half_precision and device != "cuda":
+    device = _resolve_device(device)
+    if half and device != "cuda":
         raise UsageError("--half-precision needs a CUDA device")
     try:
-        model = SparseMat.from_checkpoint(args.checkpoint)
-        return Matter(model, device=device, max_pixels=args.max_pixels or MAX_PIXELS,
-                      backend=args.backend, half=args.half_precision)
+        model = SparseMat.from_checkpoint(checkpoint)
+        return Matter(model, device=device, max_pixels=max_pixels or MAX_PIXELS, backend=backend, half=half)
     except (CheckpointError, ValueError, ImportError) as exc:
         raise UsageError(str(exc)) from exc
 
@@ -117,12 +157,38 @@ def run_matte(args) -> int:
     from .job import InProcessMatter, JobError, run_job
 
     job = _plan_job(args)
-    matter = _load_matter(args)
+    if args.engine:
+        return _run_matte_remote(args, job)
+    matter = load_matter(args.checkpoint, args.device, args.max_pixels, args.backend, args.half_precision)
     try:
         summary = run_job(job, InProcessMatter(matter), progress=not args.quiet)
     except JobError as exc:
         print(f"sparsemat: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    print(summary.describe())
+    return 0 if summary.ok else EXIT_FAILED
+
+
+def _run_matte_remote(args, job) -> int:
+    """The job's frames through a running engine; the engine's model options apply."""
+    import uuid
+
+    from sparsemat.plugin.client import EngineClient, EngineError
+
+    from .daemon import normalize_address
+    from .job import EngineMatter, JobError, run_job
+
+    client = EngineClient(normalize_address(args.engine))
+    stream = f"cli-{uuid.uuid4().hex[:12]}"
+    try:
+        client.hello()
+        summary = run_job(job, EngineMatter(client, stream, args.max_pixels), progress=not args.quiet)
+        client.reset(stream)
+    except (JobError, EngineError) as exc:
+        print(f"sparsemat: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()
     print(summary.describe())
     return 0 if summary.ok else EXIT_FAILED
 

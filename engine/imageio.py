@@ -60,7 +60,22 @@ def read_rgb(path: str, colourspace: str | None = None) -> np.ndarray:
         colourspace = "linear" if os.path.splitext(path)[1].lower() in LINEAR_EXTENSIONS else "srgb"
     # Resolved before reading, so a bad name fails at once rather than after a slow read.
     encode = _display_encoder(colourspace)
-    pixels = _read_channels(path, _colour_channels)
+    return _to_display_rgb(_read_channels(path, _colour_channels), encode)
+
+
+def display_rgb(pixels: np.ndarray, colourspace: str = "srgb") -> np.ndarray:
+    """float32 (H, W, C) pixels already in memory (C = 1 gray, 3 RGB, 4 RGBA) -> what
+    ``read_rgb`` returns: (H, W, 3) sRGB-encoded in [0, 1]. Raises ImageReadError on NaN/inf."""
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):
+        raise ValueError(f"pixels must be (H, W, 1|3|4), got shape {pixels.shape}")
+    encode = _display_encoder(colourspace)
+    # A copy: the encoders may work in place, and inline pixels arrive read-only.
+    pixels = np.array(pixels[..., :3], dtype=np.float32, order="C")
+    _check_finite("pixels", pixels)
+    return _to_display_rgb(pixels, encode)
+
+
+def _to_display_rgb(pixels: np.ndarray, encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     return np.ascontiguousarray(encode(pixels), dtype=np.float32)

@@ -17,6 +17,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable, Protocol
 
 import numpy as np
@@ -30,7 +31,7 @@ class JobError(RuntimeError):
 
 
 class FrameMatter(Protocol):
-    def __call__(self, frame_rgb: np.ndarray, new_stream: bool, prior: np.ndarray | None = None
+    def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None
                  ) -> tuple[np.ndarray, object]:
         """Alpha (H, W) float32 and the frame's stats (with ``active_fraction`` and ``note``)."""
 
@@ -105,7 +106,7 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
                 continue
             pixels, prior = current
             contiguous = previous is not None and frame is not None and frame == previous + 1
-            alpha, stats = matte(pixels, new_stream=not (job.temporal and contiguous), prior=prior)
+            alpha, stats = matte(pixels, frame, new_stream=not (job.temporal and contiguous), prior=prior)
             if getattr(stats, "note", ""):
                 say(f"{_frame_label(frame)}: {stats.note}")
             try:
@@ -141,7 +142,7 @@ class InProcessMatter:
         self.matter = matter
         self.state = None
 
-    def __call__(self, frame_rgb: np.ndarray, new_stream: bool, prior: np.ndarray | None = None):
+    def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None):
         import torch
 
         frame = torch.from_numpy(frame_rgb)
@@ -149,3 +150,19 @@ class InProcessMatter:
         alpha, state, stats = self.matter.matte(frame, None if new_stream else self.state, prior=prior_t)
         self.state = state
         return alpha.cpu().numpy(), stats
+
+
+class EngineMatter:
+    """The same through a running engine: one stream per job, pixels by shared memory when local."""
+
+    def __init__(self, client, stream: str, max_pixels: int | None = None):
+        self.client = client
+        self.stream = stream
+        self.max_pixels = max_pixels
+        self.transport = "shm" if client.address.startswith("ipc://") else "inline"
+
+    def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None):
+        alpha, stats = self.client.matte(self.stream, 0 if frame is None else frame, frame_rgb,
+                                         transport=self.transport, colourspace="srgb", prior=prior,
+                                         temporal=not new_stream, max_pixels=self.max_pixels)
+        return np.asarray(alpha, dtype=np.float32), SimpleNamespace(**stats)

@@ -90,6 +90,12 @@ class Matter:
         self.max_pixels = max_pixels
         self.backend = backend
 
+    def with_budget(self, max_pixels: int | None) -> "Matter":
+        """The same model with another ``max_pixels`` (None keeps this one's)."""
+        if max_pixels is None or max_pixels == self.max_pixels:
+            return self
+        return Matter(self.model, self.device, max_pixels, self.backend, self.dtype == torch.float16)
+
     @contextmanager
     def _stage(self, stats: FrameStats, name: str):
         start = time.perf_counter()

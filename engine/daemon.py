@@ -1,0 +1,161 @@
+"""``sparsemat engine start|stop|status|serve``: the engine's life as a background process.
+
+``start`` detaches a ``serve`` process (its own session, output to a log file),
+writes a pid file, and returns only once the engine answers ``hello``, or fails
+with the end of the log. The pid and log files live beside the default socket in
+the per-user runtime folder, named after the address.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from sparsemat.plugin import protocol
+from sparsemat.plugin.client import EngineClient, EngineUnavailable
+
+
+def normalize_address(address: str | None) -> str:
+    """Default ipc address; ``tcp://:PORT`` binds to loopback (an explicit host must be asked for)."""
+    if not address:
+        return protocol.default_address()
+    if address.startswith("tcp://:"):
+        return "tcp://127.0.0.1:" + address[len("tcp://:"):]
+    if not address.startswith(("ipc://", "tcp://")):
+        raise ValueError(f"address must start with ipc:// or tcp://, got {address!r}")
+    return address
+
+
+def state_files(address: str) -> tuple[str, str]:
+    """(pid file, log file) for the engine at ``address``."""
+    tag = "engine" if address == protocol.default_address() else "engine-" + hashlib.sha1(address.encode()).hexdigest()[:12]
+    folder = protocol.runtime_folder()
+    return os.path.join(folder, f"{tag}.pid"), os.path.join(folder, f"{tag}.log")
+
+
+def _probe(address: str, timeout: float = 2.0) -> dict | None:
+    client = EngineClient(address, timeout=timeout, first_timeout=timeout, retries=0)
+    try:
+        return client.status()
+    except EngineUnavailable:
+        return None
+    finally:
+        client.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        return finished == 0
+    except ChildProcessError:
+        return True
+
+
+def _log_tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:]).strip()
+    except OSError:
+        return ""
+
+
+def start(address: str, checkpoint: str, device: str, memory_budget_gb: float, wait_s: float = 600.0) -> int:
+    running = _probe(address)
+    if running is not None:
+        print(f"engine already running at {address} (pid {running['pid']})")
+        return 0
+    if not checkpoint:
+        print("sparsemat: error: no checkpoint: pass --checkpoint PATH or set SPARSEMAT_CHECKPOINT", file=sys.stderr)
+        return 2
+    pid_file, log_file = state_files(address)
+    command = [sys.executable, "-m", "sparsemat.engine.cli", "engine", "serve", "--address", address,
+               "--checkpoint", os.path.abspath(checkpoint), "--device", device, "--memory-budget", str(memory_budget_gb)]
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    with open(pid_file, "w") as handle:
+        handle.write(str(process.pid))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            print(f"sparsemat: error: the engine exited with code {process.returncode}:\n{_log_tail(log_file)}",
+                  file=sys.stderr)
+            return 1
+        status = _probe(address, timeout=1.0)
+        if status is not None:
+            print(f"engine started at {address} (pid {status['pid']}, {status['device']}); log: {log_file}")
+            return 0
+    print(f"sparsemat: error: the engine did not answer within {wait_s:.0f} s; log: {log_file}", file=sys.stderr)
+    return 1
+
+
+def stop(address: str, wait_s: float = 120.0) -> int:
+    """Ask the engine to finish its queue and exit; SIGTERM if it does not answer."""
+    pid_file, _ = state_files(address)
+    pid = None
+    if os.path.exists(pid_file):
+        with open(pid_file) as handle:
+            pid = int(handle.read().strip() or 0) or None
+    status = _probe(address)
+    if status is not None:
+        pid = status["pid"]
+        client = EngineClient(address, timeout=5.0, retries=0)
+        try:
+            client.shutdown()
+        except EngineUnavailable:
+            pass
+        finally:
+            client.close()
+    elif pid is not None and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+    else:
+        print(f"no engine running at {address}")
+        _remove(pid_file)
+        return 0
+    deadline = time.monotonic() + wait_s
+    while pid is not None and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid is not None and _alive(pid):
+        print(f"sparsemat: error: engine pid {pid} is still running after {wait_s:.0f} s", file=sys.stderr)
+        return 1
+    _remove(pid_file)
+    print(f"engine at {address} stopped")
+    return 0
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def status(address: str) -> int:
+    info = _probe(address)
+    if info is None:
+        print(f"no engine answering at {address}")
+        return 1
+    print(f"address       {info['address']}\npid           {info['pid']}\nuptime        {info['uptime_s']:.0f} s\n"
+          f"device        {info['device']}\nmodel         {info['model']}\nstreams       {info['streams']}\n"
+          f"memory        {info['memory_bytes'] / 2**20:.1f} MiB of {info['memory_budget_bytes'] / 2**30:.1f} GiB\n"
+          f"frames served {info['frames_served']}\nqueue         {info['queue']}{' (busy)' if info['busy'] else ''}")
+    return 0
+
+
+def serve(address: str, checkpoint: str, device: str, memory_budget_gb: float) -> int:
+    from .server import EngineConfig, run_engine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    run_engine(EngineConfig(address=address, checkpoint=checkpoint, device=device,
+                            memory_budget_bytes=int(memory_budget_gb * 2**30)))
+    return 0

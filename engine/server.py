@@ -1,0 +1,337 @@
+"""The engine process: one warm model served over ZeroMQ (protocol in docs/PROTOCOL.md).
+
+Threads: the main thread owns the ROUTER socket, validates requests and answers
+``hello`` and ``status`` at once, even while a frame is computing; one worker
+thread owns the model and the stream store and computes ``matte`` and ``reset``
+in arrival order. The worker hands replies back through an inproc socket, so
+only the main thread ever touches the ROUTER.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from sparsemat.plugin import protocol
+from sparsemat.plugin.protocol import ProtocolError
+
+from .imageio import ImageReadError, display_rgb, read_alpha, read_rgb
+from .matting import MIN_PIXELS
+from .streams import StreamStore
+
+log = logging.getLogger("sparsemat.engine")
+ENGINE_VERSION = "0.1.0"
+MAX_MESSAGE_BYTES = 2 << 30  # an 8K RGBA float32 frame is 531 MB
+_STOP = object()
+
+
+@dataclass
+class EngineConfig:
+    address: str
+    checkpoint: str
+    device: str = "auto"
+    memory_budget_bytes: int = 4 << 30
+    idle_timeout_s: float = 900.0
+    max_pixels: int | None = None
+    half: bool = False
+
+
+def _require(header: dict, field: str, kind, default=None, required: bool = True):
+    value = header.get(field, default)
+    if value is None and not required:
+        return None
+    if value is None:
+        raise ProtocolError("bad_request", f"'{field}' is required")
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ProtocolError("bad_request", f"'{field}' must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _error(request_id, code: str, message: str) -> list:
+    return [protocol.pack({"id": request_id, "ok": False, "error": {"code": code, "message": message}})]
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, matter, model_name: str):
+        self.config = config
+        self.matter = matter
+        self.model_name = model_name
+        self.streams = StreamStore(config.memory_budget_bytes, config.idle_timeout_s)
+        self.started = time.monotonic()
+        self.frames_served = 0
+        self.busy = False
+        self.draining = False
+        self._pending = 0  # requests queued for the worker and not yet answered (main thread only)
+        self._jobs: queue.Queue = queue.Queue()
+        self._context = zmq.Context()
+        self._outbox: queue.Queue = queue.Queue()
+
+    # ---- main thread -------------------------------------------------------------------------
+    def serve(self) -> None:
+        router = self._context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        router.setsockopt(zmq.LINGER, 1000)
+        router.bind(self.config.address)
+        wake_recv = self._context.socket(zmq.PAIR)
+        wake_recv.bind("inproc://sparsemat-wake")
+        worker = threading.Thread(target=self._work, name="sparsemat-worker", daemon=True)
+        worker.start()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(wake_recv, zmq.POLLIN)
+        log.info("engine %s serving %s on %s (pid %d)", ENGINE_VERSION, self.model_name, self.config.address, os.getpid())
+        try:
+            while True:
+                events = dict(poller.poll(1000))
+                if wake_recv in events:
+                    wake_recv.recv()
+                while not self._outbox.empty():
+                    identity, frames = self._outbox.get()
+                    router.send_multipart([identity, *frames], copy=False)
+                    self._pending -= 1
+                if router in events:
+                    frames = router.recv_multipart(copy=False)
+                    reply = self._receive(frames[0].bytes, frames[1:])
+                    if reply is None:
+                        self._pending += 1
+                    else:
+                        router.send_multipart([frames[0].bytes, *reply], copy=False)
+                if self.draining and self._pending == 0:
+                    break
+        finally:
+            self._jobs.put(_STOP)
+            worker.join(timeout=30)
+            router.close()
+            wake_recv.close()
+            self._context.term()
+            log.info("engine stopped after %d frame(s)", self.frames_served)
+
+    def stop(self) -> None:
+        """Finish what is queued, take nothing new, then return from serve() (signal-safe)."""
+        self.draining = True
+
+    def _receive(self, identity: bytes, frames: list) -> list | None:
+        """Reply frames for what can be answered now; None when the worker will answer."""
+        request_id = None
+        try:
+            if not frames:
+                raise ProtocolError("bad_message", "empty message: expected a MessagePack header frame")
+            header = protocol.unpack(frames[0].bytes)
+            request_id = header.get("id")
+            if header.get("v") != protocol.VERSION:
+                raise ProtocolError("bad_version", f"protocol version {header.get('v')!r} is not supported (this engine speaks {protocol.VERSION})")
+            op = header.get("op")
+            if op not in protocol.OPERATIONS:
+                raise ProtocolError("unknown_op", f"unknown op {op!r}; expected one of {', '.join(protocol.OPERATIONS)}")
+            if op == "hello":
+                return [protocol.pack({"id": request_id, "ok": True, **self._hello()})]
+            if op == "status":
+                return [protocol.pack({"id": request_id, "ok": True, **self._status()})]
+            if self.draining:
+                raise ProtocolError("busy", "the engine is shutting down and takes no new work")
+            if op == "shutdown":
+                self.stop()
+                return [protocol.pack({"id": request_id, "ok": True})]
+            if op == "reset":
+                _require(header, "stream", str)
+            else:
+                request = self._parse_matte(header, frames)
+                self._jobs.put((identity, request_id, "matte", request))
+                return None
+            self._jobs.put((identity, request_id, op, header))
+            return None
+        except ProtocolError as exc:
+            return _error(request_id, exc.code, str(exc))
+
+    def _hello(self) -> dict:
+        return {"protocol": protocol.VERSION, "engine": ENGINE_VERSION, "model": self.model_name,
+                "device": str(self.matter.device), "pid": os.getpid(),
+                "limits": {"max_header_bytes": protocol.MAX_HEADER_BYTES, "max_message_bytes": MAX_MESSAGE_BYTES,
+                           "max_pixels": self.matter.max_pixels, "dtypes": list(protocol.DTYPES),
+                           "transports": list(protocol.TRANSPORTS)}}
+
+    def _status(self) -> dict:
+        return {"address": self.config.address, "pid": os.getpid(), "uptime_s": time.monotonic() - self.started,
+                "device": str(self.matter.device), "model": self.model_name, "streams": len(self.streams),
+                "memory_bytes": self.streams.memory_bytes, "memory_budget_bytes": self.config.memory_budget_bytes,
+                "frames_served": self.frames_served, "queue": self._jobs.qsize(), "busy": self.busy}
+
+    def _parse_matte(self, header: dict, frames: list) -> dict:
+        request = {
+            "stream": _require(header, "stream", str),
+            "frame": _require(header, "frame", int),
+            "colourspace": _require(header, "colourspace", str, required=False),
+            "temporal": _require(header, "temporal", bool, default=True),
+            "keyframe_interval": _require(header, "keyframe_interval", int, default=0),
+            "alpha_dtype": _require(header, "alpha_dtype", str, default="float32"),
+            "max_pixels": _require(header, "max_pixels", int, required=False),
+        }
+        if request["alpha_dtype"] not in protocol.ALPHA_DTYPES:
+            raise ProtocolError("bad_request", f"'alpha_dtype' must be one of {', '.join(protocol.ALPHA_DTYPES)}")
+        if request["max_pixels"] is not None and request["max_pixels"] < MIN_PIXELS:
+            raise ProtocolError("bad_request", f"'max_pixels' must be at least {MIN_PIXELS}")
+        if request["keyframe_interval"] < 0:
+            raise ProtocolError("bad_request", "'keyframe_interval' must be 0 or more")
+        request["image"] = self._pixel_source(_require(header, "image", dict), frames, "image", (1, 3, 4))
+        prior = _require(header, "prior", dict, required=False)
+        request["prior"] = None if prior is None else self._pixel_source(prior, frames, "prior", (1,))
+        return request
+
+    @staticmethod
+    def _pixel_source(block: dict, frames: list, name: str, channels: tuple) -> dict:
+        """Validate a pixel block; inline bytes are checked against the shape here, at once."""
+        transport = block.get("transport", "inline")
+        if transport not in protocol.TRANSPORTS:
+            raise ProtocolError("bad_request", f"{name}: 'transport' must be one of {', '.join(protocol.TRANSPORTS)}")
+        if transport == "file":
+            return {"transport": "file", "path": _require(block, "path", str)}
+        shape, dtype = block.get("shape"), block.get("dtype")
+        if (not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(n, int) and n > 0 for n in shape)
+                or shape[2] not in channels):
+            raise ProtocolError("bad_request", f"{name}: 'shape' must be [H, W, C] with C in {channels}, got {shape!r}")
+        if dtype not in protocol.DTYPES:
+            raise ProtocolError("bad_request", f"{name}: 'dtype' must be one of {', '.join(protocol.DTYPES)}, got {dtype!r}")
+        expected = protocol.pixel_nbytes(shape, dtype)
+        source = {"transport": transport, "shape": shape, "dtype": dtype, "nbytes": expected}
+        if transport == "shm":
+            source["shm"] = _require(block, "shm", str)
+            return source
+        index = block.get("frame", 1)
+        if not isinstance(index, int) or not 1 <= index < len(frames) + 1:
+            raise ProtocolError("bad_request", f"{name}: payload frame {index!r} is missing")
+        buffer = frames[index].buffer
+        if buffer.nbytes != expected:
+            raise ProtocolError("size_mismatch", f"{name}: {buffer.nbytes} bytes sent, but shape {shape} of {dtype} "
+                                                 f"needs {expected}")
+        source["buffer"] = buffer
+        return source
+
+    # ---- worker thread -----------------------------------------------------------------------
+    def _work(self) -> None:
+        wake = self._context.socket(zmq.PAIR)
+        wake.connect("inproc://sparsemat-wake")
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is _STOP:
+                    return
+                identity, request_id, op, request = job
+                self.busy = True
+                try:
+                    frames = self._run(request_id, op, request)
+                except ProtocolError as exc:
+                    frames = _error(request_id, exc.code, str(exc))
+                except Exception as exc:  # the engine must answer and stay up
+                    log.error("request %r failed:\n%s", request_id, traceback.format_exc())
+                    frames = _error(request_id, "internal", f"{type(exc).__name__}: {exc}".splitlines()[0])
+                finally:
+                    self.busy = False
+                self._outbox.put((identity, frames))
+                wake.send(b"")
+        finally:
+            wake.close()
+
+    def _run(self, request_id, op: str, request: dict) -> list:
+        if op == "reset":
+            dropped = self.streams.reset(request["stream"])
+            return [protocol.pack({"id": request_id, "ok": True, "dropped": dropped})]
+        stream = self.streams.get(request["stream"])
+        if stream.last_reply is not None and stream.last_reply[0] == request_id and request_id is not None:
+            return stream.last_reply[2]  # a client retry: the same answer, not a second compute
+        return self._matte(request_id, request, stream)
+
+    def _matte(self, request_id, request: dict, stream) -> list:
+        import torch
+
+        start = time.perf_counter()
+        frame_rgb = _load_image(request["image"], request["colourspace"])
+        prior = None if request["prior"] is None else _load_prior(request["prior"])
+        read_ms = (time.perf_counter() - start) * 1000.0
+        previous = self.streams.previous_state(stream, request["frame"], request["temporal"], request["keyframe_interval"])
+        matter = self.matter.with_budget(request["max_pixels"])
+        alpha, state, stats = matter.matte(torch.from_numpy(frame_rgb), previous,
+                                                prior=None if prior is None else torch.from_numpy(prior))
+        alpha = alpha.cpu().numpy().astype(protocol.DTYPES[request["alpha_dtype"]])
+        self.frames_served += 1
+        header = {"id": request_id, "ok": True, "stream": request["stream"], "frame": request["frame"],
+                  "shape": list(alpha.shape), "dtype": request["alpha_dtype"],
+                  "stats": {"active_fraction": stats.active_fraction, "active_pixels": stats.active_pixels,
+                            "spatial_pixels": stats.spatial_pixels, "temporal_pixels": stats.temporal_pixels,
+                            "reused": stats.reused, "mode": stats.mode, "note": stats.note,
+                            "ms": {"read": read_ms, **stats.ms, "total": (time.perf_counter() - start) * 1000.0}}}
+        reply = [protocol.pack(header), alpha.tobytes()]
+        # Kept even when this frame did not reuse: the next one may.
+        self.streams.record(request["stream"], request["frame"], state, (request_id, header, reply))
+        return reply
+
+
+def _raw_pixels(source: dict) -> np.ndarray:
+    """The block's pixels as float32 (H, W, C), integers scaled to [0, 1]."""
+    dtype = protocol.DTYPES[source["dtype"]]
+    if source["transport"] == "inline":
+        raw = np.frombuffer(source["buffer"], dtype=dtype)
+    else:
+        raw = _read_shared_memory(source["shm"], source["nbytes"], dtype)
+    pixels = raw.reshape(source["shape"]).astype(np.float32)
+    if np.issubdtype(dtype, np.integer):
+        pixels /= np.iinfo(dtype).max
+    return pixels
+
+
+def _read_shared_memory(name: str, nbytes: int, dtype) -> np.ndarray:
+    from multiprocessing import resource_tracker, shared_memory
+
+    try:
+        block = shared_memory.SharedMemory(name=name, create=False)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise ProtocolError("bad_pixels", f"shared memory block {name!r} cannot be opened: {exc}") from exc
+    try:
+        # Attaching registers the block with this process's resource tracker, which would
+        # unlink the client's block when the engine exits; the client owns it.
+        resource_tracker.unregister(block._name, "shared_memory")  # noqa: SLF001
+        if block.size < nbytes:
+            raise ProtocolError("size_mismatch", f"shared memory block {name!r} holds {block.size} bytes, "
+                                                 f"the shape needs {nbytes}")
+        return np.frombuffer(block.buf, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize).copy()
+    finally:
+        block.close()
+
+
+def _load_image(source: dict, colourspace: str | None) -> np.ndarray:
+    try:
+        if source["transport"] == "file":
+            return read_rgb(source["path"], colourspace)
+        return display_rgb(_raw_pixels(source), colourspace or "srgb")
+    except ImageReadError as exc:
+        raise ProtocolError("bad_pixels", str(exc)) from exc
+    except ValueError as exc:  # an unknown colourspace
+        raise ProtocolError("bad_request", str(exc)) from exc
+
+
+def _load_prior(source: dict) -> np.ndarray:
+    try:
+        prior = read_alpha(source["path"]) if source["transport"] == "file" else _raw_pixels(source)[..., 0]
+    except ImageReadError as exc:
+        raise ProtocolError("bad_pixels", str(exc)) from exc
+    if not np.isfinite(prior).all():
+        raise ProtocolError("bad_pixels", "prior: NaN or infinite values")
+    return np.ascontiguousarray(prior)
+
+
+def run_engine(config: EngineConfig) -> None:
+    """Load the model and serve until shutdown or SIGTERM/SIGINT (which finish queued work first)."""
+    from .cli import load_matter
+
+    matter = load_matter(config.checkpoint, config.device, config.max_pixels, "torch", config.half)
+    engine = Engine(config, matter, f"SparseMat ({os.path.basename(config.checkpoint)})")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: engine.stop())
+    engine.serve()

@@ -1,0 +1,89 @@
+"""Per-stream temporal state held by the engine, with least-recently-used eviction.
+
+A stream is the host's name for one sequence (script, node, view). Its entry holds
+the previous frame's :class:`MatteState` on the device and the last reply, so that
+a client retry of the same request gets the same answer without a second compute.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .matting import MatteState
+
+log = logging.getLogger("sparsemat.engine")
+
+
+@dataclass
+class Stream:
+    state: MatteState | None = None
+    frame: int | None = None
+    last_used: float = 0.0
+    last_reply: tuple | None = None  # (request id, header, payload frames)
+
+    @property
+    def nbytes(self) -> int:
+        if self.state is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in (self.state.frame, self.state.alpha))
+
+
+def is_keyframe(frame: int, keyframe_interval: int) -> bool:
+    return keyframe_interval > 0 and frame % keyframe_interval == 0
+
+
+class StreamStore:
+    """Streams by id, most recently used last. Not thread-safe: the engine's worker owns it."""
+
+    def __init__(self, budget_bytes: int, idle_timeout_s: float, clock=time.monotonic):
+        self.budget_bytes = budget_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self._clock = clock
+        self._streams: OrderedDict[str, Stream] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(stream.nbytes for stream in self._streams.values())
+
+    def get(self, stream_id: str) -> Stream:
+        stream = self._streams.pop(stream_id, None) or Stream()
+        stream.last_used = self._clock()
+        self._streams[stream_id] = stream
+        return stream
+
+    def previous_state(self, stream: Stream, frame: int, temporal: bool, keyframe_interval: int) -> MatteState | None:
+        """The state to continue from, or None to start over (the size check is the Matter's)."""
+        if not temporal or stream.frame is None or frame != stream.frame + 1 or is_keyframe(frame, keyframe_interval):
+            return None
+        return stream.state
+
+    def record(self, stream_id: str, frame: int, state: MatteState | None, reply: tuple) -> None:
+        stream = self.get(stream_id)
+        stream.frame, stream.state, stream.last_reply = frame, state, reply
+        self.evict(keep=stream_id)
+
+    def reset(self, stream_id: str) -> bool:
+        return self._streams.pop(stream_id, None) is not None
+
+    def evict(self, keep: str | None = None) -> None:
+        """Drop idle streams, then least recently used ones while over the memory budget."""
+        now = self._clock()
+        for stream_id in [s for s, stream in self._streams.items() if now - stream.last_used > self.idle_timeout_s]:
+            if stream_id != keep:
+                del self._streams[stream_id]
+                log.info("evicted stream %r: idle for over %.0f s", stream_id, self.idle_timeout_s)
+        for stream_id in list(self._streams):
+            if self.memory_bytes <= self.budget_bytes:
+                return
+            if stream_id != keep:
+                del self._streams[stream_id]
+                log.info("evicted stream %r: memory budget of %d bytes reached", stream_id, self.budget_bytes)
+        if keep in self._streams and self.memory_bytes > self.budget_bytes:
+            # One stream alone is over budget: keep its position, drop its state (next frame computes in full).
+            self._streams[keep].state = None
+            log.warning("stream %r alone exceeds the memory budget; its temporal state is dropped", keep)

@@ -1,0 +1,210 @@
+"""Host-side engine client: numpy, pyzmq and msgpack only, so it loads inside Nuke's Python.
+
+Reliability follows the zguide's Lazy Pirate pattern: every request has a timeout;
+on silence the socket is thrown away (dropping whatever it still queued), the
+engine is optionally started, and the request is sent again, a bounded number
+of times, before a clear :class:`EngineUnavailable`. A frame can legitimately
+take a long time on a CPU engine, so while waiting the client pings ``status``
+(which the engine answers at once even when busy): the timeout measures the
+engine's silence, not the frame's compute time. Retries reuse the request id;
+the engine answers a repeated id from its cache instead of computing twice.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import threading
+import time
+from multiprocessing import shared_memory
+from typing import Callable, Sequence
+
+import numpy as np
+import zmq
+
+from . import protocol
+
+_DTYPE_NAMES = {np.dtype(v): k for k, v in protocol.DTYPES.items()}
+
+
+class EngineError(RuntimeError):
+    """The engine answered with an error; ``code`` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+class EngineUnavailable(EngineError):
+    def __init__(self, message: str):
+        super().__init__("unavailable", message)
+
+
+def start_command(checkpoint: str, device: str = "auto", command: Sequence[str] = ("sparsemat",)
+                  ) -> Callable[[str], None]:
+    """An ``autostart`` for EngineClient: runs ``sparsemat engine start`` for the address (waits until it answers)."""
+    def start(address: str) -> None:
+        subprocess.run([*command, "engine", "start", "--address", address, "--checkpoint", checkpoint,
+                        "--device", device], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start
+
+
+class EngineClient:
+    """A connection to one engine. Thread-safe: requests from several threads are serialized."""
+
+    def __init__(self, address: str | None = None, timeout: float = 10.0, first_timeout: float = 120.0,
+                 retries: int = 2, heartbeat: float = 1.0, autostart: Callable[[str], None] | None = None):
+        self.address = address or protocol.default_address()
+        self.timeout = timeout
+        self.first_timeout = first_timeout  # the first answer may wait for the model to load
+        self.retries = retries
+        self.heartbeat = heartbeat
+        self.autostart = autostart
+        self._context = zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid()}-{id(self):x}"
+        self._heard = False
+        self._shm: shared_memory.SharedMemory | None = None
+
+    # ---- operations ----------------------------------------------------------------------------
+    def hello(self) -> dict:
+        return self._request({"op": "hello"})[0]
+
+    def status(self) -> dict:
+        return self._request({"op": "status"})[0]
+
+    def reset(self, stream: str) -> bool:
+        return self._request({"op": "reset", "stream": stream})[0]["dropped"]
+
+    def shutdown(self) -> None:
+        self._request({"op": "shutdown"}, retries=0)
+
+    def matte(self, stream: str, frame: int, image: np.ndarray | None = None, *, path: str | None = None,
+              transport: str = "inline", colourspace: str | None = None, prior: np.ndarray | None = None,
+              temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
+              max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
+        """Alpha (H, W) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
+        C in 1, 3, 4, sent ``inline`` or through ``shm``; or ``path`` of a file the engine reads."""
+        header = {"op": "matte", "stream": stream, "frame": int(frame), "temporal": temporal,
+                  "keyframe_interval": keyframe_interval, "alpha_dtype": alpha_dtype}
+        if colourspace is not None:
+            header["colourspace"] = colourspace
+        if max_pixels is not None:
+            header["max_pixels"] = int(max_pixels)
+        payload: list = []
+        if path is not None:
+            header["image"] = {"transport": "file", "path": os.path.abspath(path)}
+        elif image is not None:
+            header["image"] = self._pixel_block(image, transport, payload)
+        else:
+            raise ValueError("matte needs an image array or a path")
+        if prior is not None:
+            header["prior"] = self._pixel_block(np.asarray(prior, dtype=np.float32)[..., None], "inline", payload)
+        with self._lock:
+            reply, frames = self._request_locked(header, payload, self.retries)
+        alpha = np.frombuffer(frames[0], dtype=protocol.DTYPES[reply["dtype"]]).reshape(reply["shape"])
+        return alpha, reply["stats"]
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_socket()
+            if self._shm is not None:
+                self._shm.close()
+                self._shm.unlink()
+                self._shm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- pixels ------------------------------------------------------------------------------
+    def _pixel_block(self, pixels: np.ndarray, transport: str, payload: list) -> dict:
+        pixels = np.ascontiguousarray(pixels)
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        if pixels.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"pixels of dtype {pixels.dtype} cannot be sent; use one of {', '.join(protocol.DTYPES)}")
+        block = {"shape": list(pixels.shape), "dtype": _DTYPE_NAMES[pixels.dtype], "transport": transport}
+        if transport == "inline":
+            payload.append(memoryview(pixels).cast("B"))
+            block["frame"] = len(payload)
+        elif transport == "shm":
+            block["shm"] = self._copy_to_shared_memory(pixels)
+        else:
+            raise ValueError(f"transport must be 'inline' or 'shm' for pixels, got {transport!r}")
+        return block
+
+    def _copy_to_shared_memory(self, pixels: np.ndarray) -> str:
+        """One block per client, grown as needed and reused: the engine only reads it during a request."""
+        if self._shm is None or self._shm.size < pixels.nbytes:
+            if self._shm is not None:
+                self._shm.close()
+                self._shm.unlink()
+            self._shm = shared_memory.SharedMemory(create=True, size=pixels.nbytes)
+        np.frombuffer(self._shm.buf, dtype=pixels.dtype, count=pixels.size)[:] = pixels.reshape(-1)
+        return self._shm.name
+
+    # ---- the Lazy Pirate loop ------------------------------------------------------------------
+    def _request(self, header: dict, payload: list | None = None, retries: int | None = None):
+        with self._lock:
+            return self._request_locked(header, payload or [], self.retries if retries is None else retries)
+
+    def _request_locked(self, header: dict, payload: list, retries: int):
+        request_id = f"{self._prefix}-{next(self._ids)}"
+        message = [protocol.pack({**header, "id": request_id}), *payload]
+        for attempt in range(retries + 1):
+            socket = self._connect()
+            socket.send_multipart(message, copy=False)
+            answer = self._wait(socket, request_id)
+            if answer is not None:
+                reply, frames = answer
+                if not reply.get("ok"):
+                    error = reply.get("error") or {}
+                    raise EngineError(error.get("code", "internal"), error.get("message", "engine error"))
+                return reply, frames
+            self._drop_socket()
+            if attempt < retries and self.autostart is not None:
+                self.autostart(self.address)
+        raise EngineUnavailable(f"no answer from the SparseMat engine at {self.address} "
+                                f"after {retries + 1} attempt(s); is it running? (sparsemat engine status)")
+
+    def _wait(self, socket: zmq.Socket, request_id: str):
+        """(header, payload frames) of the reply, or None once the engine has been silent too long."""
+        limit = self.timeout if self._heard else self.first_timeout
+        last_heard = time.monotonic()
+        pings = itertools.count(1)
+        while time.monotonic() - last_heard < limit:
+            if socket.poll(int(self.heartbeat * 1000), zmq.POLLIN):
+                frames = socket.recv_multipart()
+                last_heard = time.monotonic()
+                self._heard = True
+                limit = self.timeout
+                try:
+                    reply = protocol.unpack(frames[0])
+                except protocol.ProtocolError:
+                    continue
+                if reply.get("id") == request_id:
+                    return reply, frames[1:]
+                continue  # a ping's answer, or a late reply to a request given up on
+            if self._heard:
+                socket.send_multipart([protocol.pack({"op": "status", "id": f"{request_id}-ping{next(pings)}"})])
+        return None
+
+    def _connect(self) -> zmq.Socket:
+        if self._socket is None:
+            socket = self._context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.MAXMSGSIZE, 2 << 30)
+            socket.connect(self.address)
+            self._socket = socket
+        return self._socket
+
+    def _drop_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None

@@ -1,0 +1,56 @@
+"""The engine wire protocol's constants and framing (docs/PROTOCOL.md); numpy and msgpack only."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import msgpack
+import numpy as np
+
+VERSION = 1
+OPERATIONS = ("hello", "matte", "reset", "status", "shutdown")
+DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16, "float32": np.float32}
+ALPHA_DTYPES = ("float16", "float32")
+TRANSPORTS = ("inline", "shm", "file")
+MAX_HEADER_BYTES = 65536
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol; ``code`` is one of the documented error codes."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def runtime_folder() -> str:
+    """Per-user folder for the engine's socket, pid and log files (created mode 0700)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    folder = os.path.join(base, "sparsemat") if base else os.path.join(tempfile.gettempdir(), f"sparsemat-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return folder
+
+
+def default_address() -> str:
+    return f"ipc://{os.path.join(runtime_folder(), 'engine.sock')}"
+
+
+def pack(header: dict) -> bytes:
+    return msgpack.packb({"v": VERSION, **header}, use_bin_type=True)
+
+
+def unpack(frame: bytes) -> dict:
+    """A header frame as a dict; ProtocolError when it is not a MessagePack map."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError("too_large", f"header of {len(frame)} bytes is over the {MAX_HEADER_BYTES}-byte limit")
+    try:
+        header = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError("bad_message", f"header is not MessagePack ({type(exc).__name__})") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError("bad_message", f"header is a MessagePack {type(header).__name__}, not a map")
+    return header
+
+
+def pixel_nbytes(shape, dtype: str) -> int:
+    return int(np.prod(shape)) * np.dtype(DTYPES[dtype]).itemsize
