@@ -150,6 +150,9 @@ class Engine:
             return None
         except ProtocolError as exc:
             return _error(request_id, exc.code, str(exc))
+        except Exception as exc:  # a malformed request must never take the engine down
+            log.error("request %r could not be read:\n%s", request_id, traceback.format_exc())
+            return _error(request_id, "bad_request", f"{type(exc).__name__}: {exc}".splitlines()[0])
 
     def _hello(self) -> dict:
         return {"protocol": protocol.VERSION, "engine": ENGINE_VERSION, "model": self.model_name,
@@ -205,7 +208,7 @@ class Engine:
             source["shm"] = _require(block, "shm", str)
             return source
         index = block.get("frame", 1)
-        if not isinstance(index, int) or not 1 <= index < len(frames) + 1:
+        if not isinstance(index, int) or not 1 <= index < len(frames):
             raise ProtocolError("bad_request", f"{name}: payload frame {index!r} is missing")
         buffer = frames[index].buffer
         if buffer.nbytes != expected:

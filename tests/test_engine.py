@@ -1,0 +1,297 @@
+"""The engine daemon against real processes on real ZeroMQ sockets."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from conftest import assert_faithful, run_cli, write_rgb
+from sparsemat.plugin import protocol
+from sparsemat.plugin.client import EngineClient, EngineError, EngineUnavailable, start_command
+
+
+def start_engine(address, checkpoint, runtime, *options) -> int:
+    result = run_cli("engine", "start", "--address", address, "--checkpoint", checkpoint, "--device", "cpu", *options,
+                     env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert result.returncode == 0, result.stderr
+    return EngineClient(address).hello()["pid"]
+
+
+def stop_engine(address, runtime):
+    return run_cli("engine", "stop", "--address", address, env={"XDG_RUNTIME_DIR": str(runtime)})
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    folder.chmod(0o700)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(runtime, seed1_checkpoint):
+    address = f"ipc://{runtime}/engine.sock"
+    pid = start_engine(address, seed1_checkpoint, runtime)
+    yield address, pid
+    stop_engine(address, runtime)
+
+
+def frames_of(reference, count, size=(48, 64)):
+    """Small distinct frames cut from the reference clip, as float32 sRGB."""
+    clip = reference["frames"].astype(np.float32) / 255
+    return [np.ascontiguousarray(clip[i % 3, 8 * (i // 3) % 64:][: size[0], : size[1]]) for i in range(count)]
+
+
+def raw_request(address, *frames, timeout_ms=10000):
+    """Send raw frames from a fresh DEALER and return the decoded reply header."""
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(address)
+    try:
+        socket.send_multipart(list(frames))
+        assert socket.poll(timeout_ms), "the engine did not answer"
+        return msgpack.unpackb(socket.recv_multipart()[0])
+    finally:
+        socket.close()
+
+
+# ---- fidelity through the daemon -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def png_clip(reference, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    for index, frame in enumerate(reference["frames"]):
+        write_rgb(folder / f"f.{index:04d}.png", frame)
+    return str(folder / "f.%04d.png")
+
+
+@pytest.mark.parametrize("options, key", [(("--no-temporal",), "ref_image"), (("--temporal",), "ref_video"),
+                                          (("--no-temporal", "--max-pixels", "44306"), "ref_cascade")],
+                         ids=["image", "temporal", "cascade"])
+def test_matte_through_the_engine_matches_the_references(engine, png_clip, reference, tmp_path, options, key):
+    result = run_cli("matte", png_clip, tmp_path / "a.%04d.exr", "--engine", engine[0], "--quiet", *options)
+    assert result.returncode == 0, result.stderr
+    from sparsemat.engine.imageio import read_alpha
+
+    alphas = [read_alpha(str(tmp_path / f"a.{i:04d}.exr")) for i in range(3)]
+    if key == "ref_video":
+        for index in range(3):
+            assert_faithful(alphas[index], reference[key][index], f"temporal frame {index}")
+    else:
+        assert_faithful(alphas[0], reference[key], key)
+
+
+# ---- lifecycle ---------------------------------------------------------------------------------
+
+def test_second_start_on_a_live_address_says_so(engine, runtime, seed1_checkpoint):
+    result = run_cli("engine", "start", "--address", engine[0], "--checkpoint", seed1_checkpoint,
+                     env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert result.returncode == 0 and f"already running at {engine[0]} (pid {engine[1]})" in result.stdout
+
+
+def test_status_reports_the_engine(engine, runtime):
+    result = run_cli("engine", "status", "--address", engine[0], env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert result.returncode == 0
+    for field in ("address", "pid", "uptime", "device", "model", "streams", "memory", "frames served"):
+        assert field in result.stdout
+    assert str(engine[1]) in result.stdout and "seed1.pth" in result.stdout
+
+
+def test_hello_reports_protocol_model_device_and_limits(engine):
+    hello = EngineClient(engine[0]).hello()
+    assert hello["protocol"] == protocol.VERSION and hello["device"] == "cpu"
+    assert hello["limits"]["max_header_bytes"] == protocol.MAX_HEADER_BYTES
+    assert set(hello["limits"]["transports"]) == {"inline", "shm", "file"}
+
+
+def test_start_failure_reports_the_reason(runtime, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    result = run_cli("engine", "start", "--address", f"ipc://{tmp_path}/x.sock", "--checkpoint", bad,
+                     env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert result.returncode == 1 and "bad.pth cannot be read" in result.stderr
+
+
+# ---- protocol errors: every bad request gets an error reply, and the engine stays up ------------
+
+def header(**fields):
+    return msgpack.packb({"v": 1, "id": 7, **fields})
+
+
+def matte_header(shape=(8, 8, 3), dtype="float32", **fields):
+    return header(op="matte", stream="s", frame=1, image={"shape": list(shape), "dtype": dtype, "transport": "inline",
+                                                          "frame": 1}, **fields)
+
+
+@pytest.mark.parametrize("frames, code", [
+    ((b"\x93\xff garbage \x00",), "bad_message"),
+    ((msgpack.packb([1, 2, 3]),), "bad_message"),
+    ((matte_header(),), "bad_request"),  # truncated: the pixel frame is missing
+    ((header(op="matte", stream="s", frame=1, pad="x" * 70000),), "too_large"),
+    ((header(op="fly"),), "unknown_op"),
+    ((msgpack.packb({"v": 99, "id": 7, "op": "hello"}),), "bad_version"),
+    ((matte_header(), np.zeros(10, np.float32).tobytes()), "size_mismatch"),
+    ((matte_header(), np.full((8, 8, 3), np.nan, np.float32).tobytes()), "bad_pixels"),
+    ((matte_header(shape=(8, 8, 2)), np.zeros((8, 8, 2), np.float32).tobytes()), "bad_request"),
+    ((header(op="matte", stream=5, frame=1),), "bad_request"),
+], ids=["garbage", "not-a-map", "truncated", "header-too-large", "unknown-op", "bad-version", "size-mismatch",
+        "nan-pixels", "two-channels", "stream-not-a-string"])
+def test_bad_requests_get_error_replies_and_the_engine_survives(engine, frames, code):
+    reply = raw_request(engine[0], *frames)
+    assert reply["ok"] is False and reply["error"]["code"] == code, reply
+    assert reply["error"]["message"] and "\n" not in reply["error"]["message"]
+    assert EngineClient(engine[0]).status()["pid"] == engine[1]
+
+
+def test_client_raises_engine_errors_with_code(engine):
+    with pytest.raises(EngineError, match="NaN") as caught:
+        EngineClient(engine[0]).matte("s", 1, np.full((8, 8, 3), np.inf, np.float32))
+    assert caught.value.code == "bad_pixels"
+
+
+# ---- transports, retries, temporal rules ------------------------------------------------------------
+
+def test_transports_give_the_same_alpha(engine, reference, tmp_path):
+    frame = frames_of(reference, 1)[0]
+    client = EngineClient(engine[0])
+    inline, _ = client.matte("t-inline", 1, frame)
+    shared, _ = client.matte("t-shm", 1, frame, transport="shm")
+    eight_bit = np.round(frame * 255).astype(np.uint8)
+    write_rgb(tmp_path / "f.png", eight_bit)
+    from_file, _ = client.matte("t-file", 1, path=str(tmp_path / "f.png"))
+    from_uint8, stats = client.matte("t-u8", 1, eight_bit, alpha_dtype="float16")
+    client.close()
+    assert np.array_equal(inline, shared)
+    assert np.array_equal(from_file, from_uint8.astype(np.float32)) or np.abs(from_file - from_uint8).max() < 1e-3
+    assert from_uint8.dtype == np.float16 and set(stats["ms"]) >= {"read", "prior", "masks", "refine", "compose", "total"}
+
+
+def test_a_retried_request_is_answered_from_cache(engine, reference):
+    frame = frames_of(reference, 1)[0]
+    served = EngineClient(engine[0]).status()["frames_served"]
+    request = msgpack.packb({"v": 1, "id": "retry-1", "op": "matte", "stream": "r", "frame": 3,
+                             "image": {"shape": list(frame.shape), "dtype": "float32", "transport": "inline"}})
+    first = raw_request(engine[0], request, frame.tobytes())
+    second = raw_request(engine[0], request, frame.tobytes())
+    assert first == second and first["ok"]
+    assert EngineClient(engine[0]).status()["frames_served"] == served + 1
+
+
+def test_temporal_reuse_only_for_the_next_frame_and_off_on_keyframes(engine, reference):
+    frames = frames_of(reference, 3)
+    client = EngineClient(engine[0])
+    reused = [client.matte("k", number, frame, keyframe_interval=5)[1]["reused"]
+              for number, frame in zip((8, 9, 10), frames)]
+    assert reused == [False, True, False]  # 10 is a keyframe
+    assert client.matte("k", 12, frames[0])[1]["reused"] is False  # a jump starts over
+    assert client.matte("k", 13, frames[1])[1]["reused"] is True
+    assert client.reset("k") is True and client.matte("k", 14, frames[2])[1]["reused"] is False
+
+
+# ---- concurrency and memory ---------------------------------------------------------------------------
+
+def test_four_clients_at_once_equal_a_sequential_run(engine, reference):
+    streams = {f"c{n}": frames_of(reference, 20, size=(40 + 8 * n, 56)) for n in range(4)}
+    sequential = EngineClient(engine[0])
+    expected = {name: [sequential.matte(f"seq-{name}", 100 + i, f)[0] for i, f in enumerate(frames)]
+                for name, frames in streams.items()}
+    results, errors = {}, []
+
+    def run(name):
+        try:
+            client = EngineClient(engine[0])
+            results[name] = [client.matte(name, 100 + i, f)[0] for i, f in enumerate(streams[name])]
+            client.close()
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in streams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors
+    for name in streams:
+        assert len(results[name]) == 20
+        for got, want in zip(results[name], expected[name]):
+            assert np.array_equal(got, want)
+
+
+def test_memory_budget_evicts_streams_instead_of_failing(runtime, seed1_checkpoint, reference, tmp_path, monkeypatch):
+    address = f"ipc://{tmp_path}/small.sock"
+    start_engine(address, seed1_checkpoint, runtime, "--memory-budget", "0.0001")  # 107 kB: two streams of 48 x 64 (49 kB each)
+    try:
+        client = EngineClient(address)
+        frames = frames_of(reference, 2)
+        for n in range(8):
+            client.matte(f"m{n}", 1, frames[0])
+        status = client.status()
+        assert status["streams"] == 2 and status["memory_bytes"] <= status["memory_budget_bytes"]
+        assert client.matte("m7", 2, frames[1])[1]["reused"] is True  # the newest stream survived
+        assert client.matte("m0", 2, frames[1])[1]["reused"] is False  # the oldest was evicted
+    finally:
+        stop_engine(address, runtime)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    from sparsemat.engine.daemon import state_files
+
+    with open(state_files(address)[1]) as log:
+        assert "evicted stream 'm0': memory budget" in log.read()
+
+
+# ---- failures of the engine process ----------------------------------------------------------------
+
+def test_engine_killed_mid_request_is_reported_and_autostart_recovers(runtime, seed1_checkpoint, reference, tmp_path,
+                                                                     monkeypatch):
+    address = f"ipc://{tmp_path}/kill.sock"
+    pid = start_engine(address, seed1_checkpoint, runtime)
+    big = np.ascontiguousarray(np.tile(reference["frames"][0], (4, 4, 1)).astype(np.float32) / 255)  # 1024 x 1536
+    client = EngineClient(address, timeout=3.0, heartbeat=0.5, retries=0)
+    client.status()
+    threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable, match="no answer from the SparseMat engine"):
+        client.matte("big", 1, big)
+    assert time.monotonic() - started < 1.0 + 3.0 + 2.0
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        recovering = EngineClient(address, timeout=3.0, retries=1,
+                                  autostart=start_command(str(seed1_checkpoint), device="cpu"))
+        alpha, _ = recovering.matte("small", 1, frames_of(reference, 1)[0])
+        assert alpha.shape == (48, 64)
+        assert recovering.hello()["pid"] != pid
+    finally:
+        stop_engine(address, runtime)
+
+
+def test_sigterm_finishes_the_request_in_flight(runtime, seed1_checkpoint, reference, tmp_path):
+    address = f"ipc://{tmp_path}/term.sock"
+    pid = start_engine(address, seed1_checkpoint, runtime)
+    client = EngineClient(address, timeout=10.0)
+    client.status()
+    threading.Timer(0.5, os.kill, (pid, signal.SIGTERM)).start()
+    frame = np.ascontiguousarray(np.tile(reference["frames"][0], (2, 2, 1)).astype(np.float32) / 255)
+    alpha, _ = client.matte("t", 1, frame)
+    assert alpha.shape == frame.shape[:2]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the engine did not exit after SIGTERM")
+
+
+def test_plugin_never_imports_torch():
+    code = ("import sys; import sparsemat.plugin, sparsemat.plugin.client, sparsemat.plugin.protocol; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
