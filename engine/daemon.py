@@ -38,7 +38,7 @@ def state_files(address: str) -> tuple[str, str]:
 
 
 def _probe(address: str, timeout: float = 2.0) -> dict | None:
-    client = EngineClient(address, timeout=timeout, first_timeout=timeout, retries=0)
+    client = EngineClient(address, timeout=timeout, retries=0)
     try:
         return client.status()
     except EngineUnavailable:
@@ -92,9 +92,10 @@ def start(address: str, checkpoint: str, device: str, memory_budget_gb: float, w
                   file=sys.stderr)
             return 1
         status = _probe(address, timeout=1.0)
-        if status is not None:
+        if status is not None and status["state"] == "ready":
             print(f"engine started at {address} (pid {status['pid']}, {status['device']}); log: {log_file}")
             return 0
+        time.sleep(0.2)
     print(f"sparsemat: error: the engine did not answer within {wait_s:.0f} s; log: {log_file}", file=sys.stderr)
     return 1
 
@@ -145,7 +146,8 @@ def status(address: str) -> int:
     if info is None:
         print(f"no engine answering at {address}")
         return 1
-    print(f"address       {info['address']}\npid           {info['pid']}\nuptime        {info['uptime_s']:.0f} s\n"
+    print(f"address       {info['address']}\nstate         {info['state']} {info['error']}\n"
+          f"pid           {info['pid']}\nuptime        {info['uptime_s']:.0f} s\n"
           f"device        {info['device']}\nmodel         {info['model']}\nstreams       {info['streams']}\n"
           f"memory        {info['memory_bytes'] / 2**20:.1f} MiB of {info['memory_budget_bytes'] / 2**30:.1f} GiB\n"
           f"frames served {info['frames_served']}\nqueue         {info['queue']}{' (busy)' if info['busy'] else ''}")
@@ -156,6 +158,5 @@ def serve(address: str, checkpoint: str, device: str, memory_budget_gb: float) -
     from .server import EngineConfig, run_engine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    run_engine(EngineConfig(address=address, checkpoint=checkpoint, device=device,
-                            memory_budget_bytes=int(memory_budget_gb * 2**30)))
-    return 0
+    return run_engine(EngineConfig(address=address, checkpoint=checkpoint, device=device,
+                                   memory_budget_bytes=int(memory_budget_gb * 2**30)))

@@ -60,9 +60,15 @@ def _error(request_id, code: str, message: str) -> list:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, matter, model_name: str):
+    """Binds at once and answers ``hello``/``status`` while the worker loads the model, so that
+    clients' heartbeats see a live engine during a long load instead of timing out."""
+
+    def __init__(self, config: EngineConfig, load_matter, model_name: str):
         self.config = config
-        self.matter = matter
+        self._load_matter = load_matter
+        self.matter = None
+        self.state = "loading"  # loading | ready | failed
+        self.load_error = ""
         self.model_name = model_name
         self.streams = StreamStore(config.memory_budget_bytes, config.idle_timeout_s)
         self.started = time.monotonic()
@@ -87,7 +93,8 @@ class Engine:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(wake_recv, zmq.POLLIN)
-        log.info("engine %s serving %s on %s (pid %d)", ENGINE_VERSION, self.model_name, self.config.address, os.getpid())
+        log.info("engine %s serving %s on %s (pid %d); loading the model", ENGINE_VERSION, self.model_name,
+                 self.config.address, os.getpid())
         try:
             while True:
                 events = dict(poller.poll(1000))
@@ -154,16 +161,21 @@ class Engine:
             log.error("request %r could not be read:\n%s", request_id, traceback.format_exc())
             return _error(request_id, "bad_request", f"{type(exc).__name__}: {exc}".splitlines()[0])
 
+    def _device(self) -> str:
+        return str(self.matter.device) if self.matter is not None else self.config.device
+
     def _hello(self) -> dict:
+        max_pixels = self.matter.max_pixels if self.matter is not None else self.config.max_pixels
         return {"protocol": protocol.VERSION, "engine": ENGINE_VERSION, "model": self.model_name,
-                "device": str(self.matter.device), "pid": os.getpid(),
+                "device": self._device(), "pid": os.getpid(), "state": self.state,
                 "limits": {"max_header_bytes": protocol.MAX_HEADER_BYTES, "max_message_bytes": MAX_MESSAGE_BYTES,
-                           "max_pixels": self.matter.max_pixels, "dtypes": list(protocol.DTYPES),
+                           "max_pixels": max_pixels, "dtypes": list(protocol.DTYPES),
                            "transports": list(protocol.TRANSPORTS)}}
 
     def _status(self) -> dict:
         return {"address": self.config.address, "pid": os.getpid(), "uptime_s": time.monotonic() - self.started,
-                "device": str(self.matter.device), "model": self.model_name, "streams": len(self.streams),
+                "state": self.state, "error": self.load_error,
+                "device": self._device(), "model": self.model_name, "streams": len(self.streams),
                 "memory_bytes": self.streams.memory_bytes, "memory_budget_bytes": self.config.memory_budget_bytes,
                 "frames_served": self.frames_served, "queue": self._jobs.qsize(), "busy": self.busy}
 
@@ -218,9 +230,21 @@ class Engine:
         return source
 
     # ---- worker thread -----------------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            self.matter = self._load_matter()
+            self.state = "ready"
+            log.info("model loaded on %s", self.matter.device)
+        except Exception as exc:
+            self.load_error = f"the model failed to load: {exc}".splitlines()[0]
+            self.state = "failed"
+            log.error("%s", self.load_error)
+            self.stop()
+
     def _work(self) -> None:
         wake = self._context.socket(zmq.PAIR)
         wake.connect("inproc://sparsemat-wake")
+        self._load()
         try:
             while True:
                 job = self._jobs.get()
@@ -243,6 +267,8 @@ class Engine:
             wake.close()
 
     def _run(self, request_id, op: str, request: dict) -> list:
+        if self.matter is None:
+            raise ProtocolError("internal", self.load_error)
         if op == "reset":
             dropped = self.streams.reset(request["stream"])
             return [protocol.pack({"id": request_id, "ok": True, "dropped": dropped})]
@@ -329,12 +355,15 @@ def _load_prior(source: dict) -> np.ndarray:
     return np.ascontiguousarray(prior)
 
 
-def run_engine(config: EngineConfig) -> None:
-    """Load the model and serve until shutdown or SIGTERM/SIGINT (which finish queued work first)."""
+def run_engine(config: EngineConfig) -> int:
+    """Serve until shutdown or SIGTERM/SIGINT (which finish queued work first); 1 if the model failed to load."""
     from .cli import load_matter
 
-    matter = load_matter(config.checkpoint, config.device, config.max_pixels, "torch", config.half)
-    engine = Engine(config, matter, f"SparseMat ({os.path.basename(config.checkpoint)})")
+    def load():
+        return load_matter(config.checkpoint, config.device, config.max_pixels, "torch", config.half)
+
+    engine = Engine(config, load, f"SparseMat ({os.path.basename(config.checkpoint)})")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: engine.stop())
     engine.serve()
+    return 1 if engine.state == "failed" else 0

@@ -53,11 +53,10 @@ def start_command(checkpoint: str, device: str = "auto", command: Sequence[str] 
 class EngineClient:
     """A connection to one engine. Thread-safe: requests from several threads are serialized."""
 
-    def __init__(self, address: str | None = None, timeout: float = 10.0, first_timeout: float = 120.0,
-                 retries: int = 2, heartbeat: float = 1.0, autostart: Callable[[str], None] | None = None):
+    def __init__(self, address: str | None = None, timeout: float = 10.0, retries: int = 2, heartbeat: float = 1.0,
+                 autostart: Callable[[str], None] | None = None):
         self.address = address or protocol.default_address()
-        self.timeout = timeout
-        self.first_timeout = first_timeout  # the first answer may wait for the model to load
+        self.timeout = timeout  # longest silence from the engine, not the longest frame
         self.retries = retries
         self.heartbeat = heartbeat
         self.autostart = autostart
@@ -66,7 +65,6 @@ class EngineClient:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid()}-{id(self):x}"
-        self._heard = False
         self._shm: shared_memory.SharedMemory | None = None
 
     # ---- operations ----------------------------------------------------------------------------
@@ -175,15 +173,12 @@ class EngineClient:
 
     def _wait(self, socket: zmq.Socket, request_id: str):
         """(header, payload frames) of the reply, or None once the engine has been silent too long."""
-        limit = self.timeout if self._heard else self.first_timeout
         last_heard = time.monotonic()
         pings = itertools.count(1)
-        while time.monotonic() - last_heard < limit:
-            if socket.poll(int(self.heartbeat * 1000), zmq.POLLIN):
+        while time.monotonic() - last_heard < self.timeout:
+            if socket.poll(int(min(self.heartbeat, self.timeout) * 1000), zmq.POLLIN):
                 frames = socket.recv_multipart()
                 last_heard = time.monotonic()
-                self._heard = True
-                limit = self.timeout
                 try:
                     reply = protocol.unpack(frames[0])
                 except protocol.ProtocolError:
@@ -191,8 +186,8 @@ class EngineClient:
                 if reply.get("id") == request_id:
                     return reply, frames[1:]
                 continue  # a ping's answer, or a late reply to a request given up on
-            if self._heard:
-                socket.send_multipart([protocol.pack({"op": "status", "id": f"{request_id}-ping{next(pings)}"})])
+            # The engine answers status at once even while computing or loading the model.
+            socket.send_multipart([protocol.pack({"op": "status", "id": f"{request_id}-ping{next(pings)}"})])
         return None
 
     def _connect(self) -> zmq.Socket:
