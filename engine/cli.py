@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     matte.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     matte.add_argument("--temporal", action=argparse.BooleanOptionalAction, default=None,
                        help="reuse the previous frame's alpha where nothing changed (default: on for sequences)")
+    matte.add_argument("--keyframe-interval", type=int, default=0, metavar="N",
+                       help="frames that are multiples of N start the temporal stream, and a run that starts "
+                            "elsewhere first re-mattes (without writing) the frames since the last one, so results "
+                            "do not depend on how a range is split into farm chunks (default 0: off)")
     matte.add_argument("--max-pixels", type=_positive_int, default=None,
                        help="most pixels refined at full resolution before the cascade takes over (default 4000000)")
     matte.add_argument("--half-precision", action="store_true", help="run the network in float16 (CUDA only)")
@@ -131,7 +135,8 @@ def _plan_job(args):
         raise UsageError(str(exc)) from exc
     temporal = source.is_sequence if args.temporal is None else args.temporal
     return MatteJob(source, target, frames, temporal=temporal, skip_existing=args.skip_existing,
-                    colourspace=args.colourspace, half=args.half, prior=prior)
+                    colourspace=args.colourspace, half=args.half, prior=prior,
+                    keyframe_interval=max(0, args.keyframe_interval))
 
 
 def load_matter(checkpoint: str | None, device: str = "auto", max_pixels: int | None = None,

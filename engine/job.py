@@ -46,12 +46,14 @@ class MatteJob:
     colourspace: str | None = None
     half: bool = False
     prior: Pattern | None = None
+    keyframe_interval: int = 0  # > 0: frames that are multiples of it start the temporal stream
 
 
 @dataclass
 class JobSummary:
     written: int = 0
     skipped: int = 0
+    prerolled: int = 0  # matted only to rebuild temporal state, not written
     failed: list = field(default_factory=list)  # (frame, message)
     seconds: float = 0.0
     active_fractions: list = field(default_factory=list)
@@ -63,11 +65,29 @@ class JobSummary:
     def describe(self) -> str:
         per_frame = self.seconds / self.written if self.written else 0.0
         mean_active = float(np.mean(self.active_fractions)) if self.active_fractions else 0.0
-        text = (f"{self.written} frame(s) written, {self.skipped} skipped, {len(self.failed)} failed "
+        preroll = f", {self.prerolled} pre-rolled" if self.prerolled else ""
+        text = (f"{self.written} frame(s) written, {self.skipped} skipped, {len(self.failed)} failed{preroll} "
                 f"in {self.seconds:.1f} s ({per_frame:.2f} s/frame); mean active fraction {mean_active:.2%}")
         for frame, message in self.failed:
             text += f"\n  failed: {message}"
         return text
+
+
+def work_list(job: MatteJob, frames: list) -> list[tuple[object, bool]]:
+    """(frame, write) in order. With a keyframe interval, each run of frames is preceded by the
+    frames since the last keyframe (back to the first missing input), matted but not written,
+    so a frame's alpha is the same however the range is split into chunks."""
+    interval = job.keyframe_interval if job.temporal else 0
+    work, previous = [], None
+    for frame in frames:
+        if interval > 0 and frame is not None and frame != (None if previous is None else previous + 1):
+            start = frame
+            while start % interval != 0 and os.path.exists(job.input.path(start - 1)):
+                start -= 1
+            work += [(f, False) for f in range(start, frame)]
+        work.append((frame, True))
+        previous = frame
+    return work
 
 
 def _frame_label(frame) -> str:
@@ -88,38 +108,43 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
 
     todo = [f for f in job.frames if not (job.skip_existing and os.path.exists(job.output.path(f)))]
     summary.skipped = len(job.frames) - len(todo)
-    bar = tqdm(total=len(todo), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    work = work_list(job, todo)
+    bar = tqdm(total=len(work), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     say = log or (lambda message: bar.write(message, file=sys.stderr))
     start = time.perf_counter()
     previous = None  # the last frame matted in this stream
     # Read one frame ahead so decoding overlaps the matte of the current frame.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsemat-read") as reader:
-        pending: Future | None = reader.submit(_read, job, todo[0]) if todo else None
-        for index, frame in enumerate(todo):
+        pending: Future | None = reader.submit(_read, job, work[0][0]) if work else None
+        for index, (frame, write) in enumerate(work):
             current = pending.result()
-            pending = reader.submit(_read, job, todo[index + 1]) if index + 1 < len(todo) else None
+            pending = reader.submit(_read, job, work[index + 1][0]) if index + 1 < len(work) else None
+            bar.update()
             if isinstance(current, Exception):
-                summary.failed.append((frame, str(current)))
-                say(f"error: {current}")
+                say(f"error: {current}" if write else f"pre-roll {_frame_label(frame)} skipped: {current}")
+                if write:
+                    summary.failed.append((frame, str(current)))
                 previous = None
-                bar.update()
                 continue
             pixels, prior = current
             contiguous = previous is not None and frame is not None and frame == previous + 1
-            alpha, stats = matte(pixels, frame, new_stream=not (job.temporal and contiguous), prior=prior)
+            keyframe = job.keyframe_interval > 0 and frame is not None and frame % job.keyframe_interval == 0
+            alpha, stats = matte(pixels, frame, new_stream=keyframe or not (job.temporal and contiguous), prior=prior)
+            previous = frame
             if getattr(stats, "note", ""):
                 say(f"{_frame_label(frame)}: {stats.note}")
+            if not write:
+                summary.prerolled += 1
+                continue
             try:
                 write_alpha(job.output.path(frame), alpha, half=job.half)
             except (ImageWriteError, OSError, ValueError) as exc:
                 bar.close()
                 raise JobError(f"cannot write {_frame_label(frame)}: {exc}") from exc
-            previous = frame
             summary.written += 1
             summary.active_fractions.append(stats.active_fraction)
             elapsed = time.perf_counter() - start
             bar.set_postfix_str(f"{summary.written / elapsed:.2f} fps, active {stats.active_fraction:.1%}")
-            bar.update()
     bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
