@@ -84,6 +84,9 @@ class Engine:
     def serve(self) -> None:
         router = self._context.socket(zmq.ROUTER)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        # Frames are large: a few queued per peer is plenty, and bounds the memory a flood can take.
+        router.setsockopt(zmq.RCVHWM, 16)
+        router.setsockopt(zmq.SNDHWM, 16)
         router.setsockopt(zmq.LINGER, 1000)
         router.bind(self.config.address)
         wake_recv = self._context.socket(zmq.PAIR)

@@ -195,6 +195,7 @@ class EngineClient:
             socket = self._context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.MAXMSGSIZE, 2 << 30)
+            socket.setsockopt(zmq.SNDHWM, 16)
             socket.connect(self.address)
             self._socket = socket
         return self._socket

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import assert_faithful, make_checkpoint
 from sparsemat.engine.model.backends import make_plan, spconv_available
-from sparsemat.engine.model.sparse import Sites, downsample, gather_conv, submanifold_map
+from sparsemat.engine.model.sparse import Rulebook, Sites, downsample, gather_conv, submanifold_map
 
 
 def dense_features(sites: Sites, features: torch.Tensor) -> torch.Tensor:
@@ -39,7 +39,7 @@ def test_submanifold_equals_dense_conv_at_active_sites(level, dilation):
     sites, features = level
     weight = torch.randn(9, 5, 4, dtype=torch.float64)
     bias = torch.randn(4, dtype=torch.float64)
-    ours = gather_conv(features, submanifold_map(sites, dilation), weight, bias)
+    ours = gather_conv(features, Rulebook.from_neighbours(submanifold_map(sites, dilation), sites.count), weight, bias)
     dense = F.conv2d(dense_features(sites, features), as_oihw(weight), bias, padding=dilation, dilation=dilation)
     torch.testing.assert_close(ours, at_sites(dense, sites))
 
@@ -51,7 +51,7 @@ def test_strided_conv_sites_and_values_equal_dense_conv(level):
     dense_mask = dense_features(sites, torch.ones(sites.count, 1, dtype=torch.float64))
     reached = F.max_pool2d(dense_mask, 3, stride=2, padding=1)[0, 0] > 0
     assert torch.equal(step.coarse.coords, torch.nonzero(reached))
-    ours = gather_conv(features, step.forward_map, weight)
+    ours = gather_conv(features, Rulebook.from_neighbours(step.forward_map, sites.count), weight)
     dense = F.conv2d(dense_features(sites, features), as_oihw(weight), stride=2, padding=1)
     torch.testing.assert_close(ours, at_sites(dense, step.coarse))
 
@@ -61,7 +61,7 @@ def test_inverse_conv_equals_transposed_conv(level):
     step = downsample(sites)
     coarse_features = torch.randn(step.coarse.count, 6, dtype=torch.float64)
     weight = torch.randn(9, 6, 3, dtype=torch.float64)
-    ours = gather_conv(coarse_features, step.inverse_map, weight)
+    ours = gather_conv(coarse_features, Rulebook.from_neighbours(step.inverse_map, step.coarse.count), weight)
     height = sites.shape[0] - (2 * step.coarse.shape[0] - 1)
     width = sites.shape[1] - (2 * step.coarse.shape[1] - 1)
     transposed = weight.reshape(3, 3, 6, 3).permute(2, 3, 0, 1)
@@ -72,7 +72,7 @@ def test_inverse_conv_equals_transposed_conv(level):
 
 def test_empty_sites_give_empty_output():
     sites = Sites.from_mask(torch.zeros(8, 8, dtype=torch.bool))
-    out = gather_conv(torch.zeros(0, 3), submanifold_map(sites), torch.randn(9, 3, 2))
+    out = gather_conv(torch.zeros(0, 3), Rulebook.from_neighbours(submanifold_map(sites), 0), torch.randn(9, 3, 2))
     assert out.shape == (0, 2)
 
 

@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from .sparse import Downsample, Sites, downsample, gather_conv, submanifold_map
+from .sparse import Downsample, Rulebook, Sites, downsample, gather_conv, submanifold_map
 
 BACKENDS = ("torch", "spconv")
 _RULE = re.compile(r"(subm|down|up)(\d)(?:_d(\d))?$")
@@ -30,7 +30,7 @@ class TorchPlan:
         self.sites = sites
         self._levels: list[Sites] = [sites]
         self._downs: list[Downsample] = []
-        self._subm: dict[tuple[int, int], torch.Tensor] = {}
+        self._books: dict[str, Rulebook] = {}
 
     def _down(self, level: int) -> Downsample:
         while len(self._downs) <= level:
@@ -44,19 +44,22 @@ class TorchPlan:
             self._down(level - 1)
         return self._levels[level]
 
-    def neighbours(self, rule: str) -> torch.Tensor:
-        kind, level, dilation = parse_rule(rule)
-        if kind == "down":
-            return self._down(level).forward_map
-        if kind == "up":
-            return self._down(level).inverse_map
-        key = (level, dilation)
-        if key not in self._subm:
-            self._subm[key] = submanifold_map(self._level(level), dilation)
-        return self._subm[key]
+    def rulebook(self, rule: str) -> Rulebook:
+        if rule not in self._books:
+            kind, level, dilation = parse_rule(rule)
+            if kind == "down":
+                step = self._down(level)
+                self._books[rule] = Rulebook.from_neighbours(step.forward_map, step.fine.count)
+            elif kind == "up":
+                step = self._down(level)
+                self._books[rule] = Rulebook.from_neighbours(step.inverse_map, step.coarse.count)
+            else:
+                sites = self._level(level)
+                self._books[rule] = Rulebook.from_neighbours(submanifold_map(sites, dilation), sites.count)
+        return self._books[rule]
 
     def conv(self, rule: str, features, weight, bias):
-        return gather_conv(features, self.neighbours(rule), weight, bias)
+        return gather_conv(features, self.rulebook(rule), weight, bias)
 
 
 class SpconvPlan:

@@ -11,8 +11,9 @@ The semantics are spconv 1.x's, which the published checkpoint was trained with:
 
 Every one of them reduces to a *neighbour map*: a ``(K, N_out)`` int64 tensor
 whose entry ``[k, o]`` is the row of the input feature that kernel offset ``k``
-brings to output ``o``, or ``N_in`` when there is none. One routine,
-:func:`gather_conv`, then runs every convolution the same way.
+brings to output ``o``, or ``N_in`` when there is none. Prepared once as a
+:class:`Rulebook`, it lets one routine, :func:`gather_conv`, run every
+convolution the same way.
 
 Kernel offsets are ordered ``k = ky * 3 + kx`` and a weight is ``(K, C_in,
 C_out)``: exactly spconv 1.x's ``[kh, kw, in, out]`` layout flattened.
@@ -112,14 +113,46 @@ def downsample(fine: Sites) -> Downsample:
     return Downsample(fine, coarse, forward_map, torch.stack(inverse))
 
 
-def gather_conv(features: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor,
+# An offset whose neighbours are mostly present is cheaper as one dense gather (absent rows read
+# a zero row) than as a gather plus a scatter of the present ones; inverse convolutions, where
+# each fine pixel hears from only 1, 2 or 4 of the 9 offsets, are the sparse case.
+DENSE_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class Rulebook:
+    """A neighbour map prepared for :func:`gather_conv`: per kernel offset ``k``, the output rows
+    it reaches (None for all) and the input rows feeding them (``n_in`` = the zero row)."""
+
+    n_in: int
+    n_out: int
+    entries: tuple  # ((k, output rows or None, input rows), ...)
+
+    @classmethod
+    def from_neighbours(cls, neighbours: torch.Tensor, n_in: int) -> "Rulebook":
+        entries = []
+        for k, column in enumerate(neighbours):
+            present = column < n_in
+            count = int(present.sum())
+            if count >= DENSE_FRACTION * column.numel():
+                entries.append((k, None, column))
+            elif count:
+                rows = present.nonzero().squeeze(1)
+                entries.append((k, rows, column[rows]))
+        return cls(n_in, neighbours.shape[1], tuple(entries))
+
+
+def gather_conv(features: torch.Tensor, rulebook: Rulebook, weight: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``out[o] = bias + sum_k features[neighbours[k, o]] @ weight[k]`` (absent rows count as zero)."""
-    n_out = neighbours.shape[1]
+    """``out[o] = bias + sum_k features[neighbour(k, o)] @ weight[k]`` (absent neighbours count as zero)."""
+    n_out = rulebook.n_out
     out = features.new_zeros(n_out, weight.shape[2]) if bias is None else bias.expand(n_out, -1).clone()
-    if n_out == 0:
-        return out
-    padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
-    for k in range(neighbours.shape[0]):
-        out.addmm_(padded.index_select(0, neighbours[k]), weight[k])
+    padded = None
+    for k, rows, columns in rulebook.entries:
+        if rows is None:
+            if padded is None:
+                padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
+            out.addmm_(padded.index_select(0, columns), weight[k])
+        else:
+            out.index_add_(0, rows, features.index_select(0, columns) @ weight[k])
     return out
