@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--memory-budget", type=float, default=4.0, metavar="GB",
                                 help="memory for per-stream temporal state; least recently used streams are evicted")
         action.set_defaults(run=run_engine_command)
+
+    from .evaluate import add_eval_command
+
+    add_eval_command(commands)
     return parser
 
 
