@@ -19,6 +19,9 @@ from sparsemat.plugin import protocol
 from sparsemat.plugin.client import EngineClient, EngineUnavailable
 
 
+IPC_PATH_LIMIT = 107  # sun_path of a Unix socket address, less its terminating zero
+
+
 def normalize_address(address: str | None) -> str:
     """Default ipc address; ``tcp://:PORT`` binds to loopback (an explicit host must be asked for)."""
     if not address:
@@ -27,6 +30,8 @@ def normalize_address(address: str | None) -> str:
         return "tcp://127.0.0.1:" + address[len("tcp://:"):]
     if not address.startswith(("ipc://", "tcp://")):
         raise ValueError(f"address must start with ipc:// or tcp://, got {address!r}")
+    if address.startswith("ipc://") and len(address[len("ipc://"):].encode()) > IPC_PATH_LIMIT:
+        raise ValueError(f"the ipc socket path is over the system's {IPC_PATH_LIMIT}-byte limit: {address}")
     return address
 
 

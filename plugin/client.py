@@ -82,10 +82,12 @@ class EngineClient:
 
     def matte(self, stream: str, frame: int, image: np.ndarray | None = None, *, path: str | None = None,
               transport: str = "inline", colourspace: str | None = None, prior: np.ndarray | None = None,
+              prior_path: str | None = None,
               temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
               max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
         """Alpha (H, W) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
-        C in 1, 3, 4, sent ``inline`` or through ``shm``; or ``path`` of a file the engine reads."""
+        C in 1, 3, 4, sent ``inline`` or through ``shm``; or ``path`` of a file the engine reads.
+        The optional coarse alpha: ``prior`` (an array, sent inline) or ``prior_path`` (a file)."""
         header = {"op": "matte", "stream": stream, "frame": int(frame), "temporal": temporal,
                   "keyframe_interval": keyframe_interval, "alpha_dtype": alpha_dtype}
         if colourspace is not None:
@@ -99,7 +101,9 @@ class EngineClient:
             header["image"] = self._pixel_block(image, transport, payload)
         else:
             raise ValueError("matte needs an image array or a path")
-        if prior is not None:
+        if prior_path is not None:
+            header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
+        elif prior is not None:
             header["prior"] = self._pixel_block(np.asarray(prior, dtype=np.float32)[..., None], "inline", payload)
         with self._lock:
             reply, frames = self._request_locked(header, payload, self.retries)

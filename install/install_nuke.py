@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Install (or remove) the SparseMat node for Nuke. Standard library only.
+
+    python3 install/install_nuke.py [--nuke-path ~/.nuke] [--python-version 3.11 ...] [--no-deps]
+    python3 install/install_nuke.py --uninstall [--nuke-path ~/.nuke]
+
+What it does, in the Nuke folder (``~/.nuke``, or a NUKE_PATH folder given with ``--nuke-path``):
+
+- copies ``host_integrations/nuke/`` to ``<folder>/sparsemat-nuke/`` (init.py, menu.py, sparsemat_nuke/);
+- for each ``--python-version`` (Nuke's Python: Nuke 14 is 3.9, Nuke 15 is 3.10, Nuke 16 is 3.11;
+  default: this interpreter's), installs the engine client's dependencies (pyzmq, msgpack, numpy)
+  with ``pip install --target <folder>/sparsemat-nuke/lib/pythonX.Y/site-packages --python-version X.Y
+  --only-binary=:all:`` and copies the ``sparsemat.plugin`` package there (``--no-deps`` skips pip);
+- adds a block between marker comments to ``<folder>/init.py`` (created if missing) that puts
+  ``sparsemat-nuke`` on Nuke's plug-in path; Nuke then runs its init.py in every mode and its
+  menu.py in the GUI.
+
+Running it again refreshes the files and leaves exactly one block. ``--uninstall`` removes the block
+(and init.py, or the folder itself, when the installer created them) and ``sparsemat-nuke/``;
+a record of what was created is kept in ``sparsemat-nuke/install-record.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "host_integrations" / "nuke"
+CLIENT = REPO / "plugin"
+FOLDER = "sparsemat-nuke"
+RECORD = "install-record.json"
+BEGIN = "# >>> SparseMat for Nuke (install/install_nuke.py; remove with --uninstall) >>>"
+END = "# <<< SparseMat for Nuke <<<"
+DEPENDENCIES = ("pyzmq>=25", "msgpack>=1.0", "numpy>=1.24")
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+
+
+class InstallError(RuntimeError):
+    pass
+
+
+def block(plugin_folder: Path) -> str:
+    return (f"{BEGIN}\nimport nuke\nnuke.pluginAddPath({str(plugin_folder)!r})\n{END}\n")
+
+
+def _block_pattern() -> re.Pattern:
+    return re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
+
+
+def _read_record(target: Path) -> dict:
+    try:
+        return json.loads((target / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def install(nuke_path: Path, python_versions: list[str], deps: bool, say=print) -> Path:
+    target = nuke_path / FOLDER
+    record = _read_record(target)
+    if target.exists() and not record:
+        raise InstallError(f"{target} exists but was not made by this installer; move it away first")
+    if not record:
+        record = {"nuke_path_created": not nuke_path.exists(), "init_created": False, "newline_added": False,
+                  "python_versions": []}
+    nuke_path.mkdir(parents=True, exist_ok=True)
+    target.mkdir(exist_ok=True)
+
+    # The integration: replaced wholesale, so files removed upstream do not linger.
+    for name in ("init.py", "menu.py"):
+        shutil.copy2(SOURCE / name, target / name)
+    shutil.rmtree(target / "sparsemat_nuke", ignore_errors=True)
+    shutil.copytree(SOURCE / "sparsemat_nuke", target / "sparsemat_nuke", ignore=IGNORED)
+
+    for version in python_versions:
+        site = target / "lib" / f"python{version}" / "site-packages"
+        site.mkdir(parents=True, exist_ok=True)
+        client = site / "sparsemat" / "plugin"
+        shutil.rmtree(client, ignore_errors=True)
+        shutil.copytree(CLIENT, client, ignore=IGNORED)  # sparsemat/ stays a namespace package
+        if deps:
+            command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                       "--upgrade", "--target", str(site), "--python-version", version, "--only-binary=:all:",
+                       *DEPENDENCIES]
+            say(f"installing {', '.join(DEPENDENCIES)} for Python {version}")
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise InstallError(f"pip failed for Python {version}:\n{result.stderr.strip() or result.stdout}")
+        if version not in record["python_versions"]:
+            record["python_versions"].append(version)
+
+    init = nuke_path / "init.py"
+    text = init.read_text() if init.exists() else None
+    if text is None:
+        record["init_created"] = True
+        text = ""
+    if _block_pattern().search(text):
+        text = _block_pattern().sub(lambda _: block(target), text, count=1)
+    else:
+        if text and not text.endswith("\n"):
+            text += "\n"
+            record["newline_added"] = True
+        text += block(target)
+    init.write_text(text)
+    (target / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    say(f"installed SparseMat for Nuke in {target} (plug-in path added to {init})")
+    return target
+
+
+def uninstall(nuke_path: Path, say=print) -> None:
+    target = nuke_path / FOLDER
+    record = _read_record(target)
+    if target.exists() and not record:
+        raise InstallError(f"{target} was not made by this installer; not removing it")
+    init = nuke_path / "init.py"
+    if init.exists():
+        text = init.read_text()
+        stripped = _block_pattern().sub("", text)
+        if stripped != text:
+            if record.get("newline_added") and stripped.endswith("\n"):
+                stripped = stripped[:-1]
+            if record.get("init_created") and not stripped.strip():
+                init.unlink()
+            else:
+                init.write_text(stripped)
+    if target.exists():
+        shutil.rmtree(target)
+    if record.get("nuke_path_created") and nuke_path.exists() and not any(nuke_path.iterdir()):
+        nuke_path.rmdir()
+    say(f"removed SparseMat for Nuke from {nuke_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nuke-path", type=Path, default=Path.home() / ".nuke",
+                        help="Nuke folder to install into (default: ~/.nuke; or a folder on NUKE_PATH)")
+    parser.add_argument("--python-version", action="append", dest="python_versions", metavar="X.Y",
+                        help="Nuke's Python version; repeat for several Nuke versions "
+                             f"(default: {sys.version_info[0]}.{sys.version_info[1]}, this interpreter's)")
+    parser.add_argument("--no-deps", action="store_true",
+                        help="do not pip-install pyzmq, msgpack and numpy (they must be importable in Nuke)")
+    parser.add_argument("--uninstall", action="store_true", help="remove what an earlier run added")
+    args = parser.parse_args(argv)
+    nuke_path = args.nuke_path.expanduser().absolute()
+    versions = args.python_versions or [f"{sys.version_info[0]}.{sys.version_info[1]}"]
+    for version in versions:
+        if not re.fullmatch(r"3\.\d+", version):
+            parser.error(f"--python-version must look like 3.11, got {version!r}")
+    try:
+        if args.uninstall:
+            uninstall(nuke_path)
+        else:
+            install(nuke_path, versions, deps=not args.no_deps)
+    except (InstallError, OSError) as exc:
+        print(f"install_nuke: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""The SparseMat Nuke node, driven through a stand-in ``nuke`` module (tests/nuke_standin) against a real engine.
+
+The stand-in renders real EXR files (its Read and Write go through OpenImageIO), so
+the node's whole path is exercised: internal Write -> engine -> alpha EXR -> internal
+Read -> Copy, with the render callback, the buttons' worker thread and the errors.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli, write_rgb
+
+STANDIN = REPO / "tests" / "nuke_standin"
+INTEGRATION = REPO / "host_integrations" / "nuke"
+for _path in (str(STANDIN), str(INTEGRATION)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import nuke  # noqa: E402  (the stand-in)
+from sparsemat_nuke import core, exr  # noqa: E402
+from sparsemat_nuke import node as sparsemat_node  # noqa: E402
+from sparsemat_nuke import render as sparsemat_render  # noqa: E402
+
+from sparsemat.plugin.client import EngineClient  # noqa: E402
+
+KEYFRAMES = 2
+FRAMES = range(1, 6)
+
+
+# ---- fixtures: an engine, a plate, the CLI's mattes of it ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    folder.chmod(0o700)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(runtime, seed1_checkpoint):
+    address = f"ipc://{runtime}/engine.sock"
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    result = run_cli("engine", "start", "--address", address, "--checkpoint", seed1_checkpoint, "--device", "cpu",
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    yield address
+    core.close_clients()
+    run_cli("engine", "stop", "--address", address, env=env)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scratch(tmp_path_factory):
+    """The node's session folder under a test folder, and the stand-in's session reset after the module."""
+    folder = tmp_path_factory.mktemp("nuke-scratch")
+    saved = os.environ.get("SPARSEMAT_NUKE_TEMP")
+    os.environ["SPARSEMAT_NUKE_TEMP"] = str(folder)
+    core._session = None
+    yield folder
+    core._session = None
+    if saved is None:
+        os.environ.pop("SPARSEMAT_NUKE_TEMP", None)
+    else:
+        os.environ["SPARSEMAT_NUKE_TEMP"] = saved
+    nuke.standin_reset()
+
+
+def plate_frames(reference, count=5, size=(48, 64)):
+    """Distinct small frames cut from the reference clip, made scene-linear and exact in half floats
+    (the node renders its input as half, as a Nuke Python node does), so both sides see the same pixels."""
+    clip = reference["frames"].astype(np.float32) / 255
+    frames = []
+    for i in range(count):
+        frame = np.ascontiguousarray(clip[i % 3, 8 * (i // 3):][: size[0], : size[1]]) ** 2.2
+        frames.append(frame.astype(np.float16).astype(np.float32))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def plate(reference, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plate")
+    frames = plate_frames(reference)
+    for number, frame in zip(FRAMES, frames):
+        write_rgb(folder / f"plate.{number:04d}.exr", frame)
+    return str(folder / "plate.%04d.exr"), frames
+
+
+@pytest.fixture(scope="module")
+def cli_alphas(engine, plate, tmp_path_factory):
+    """``sparsemat matte`` of the plate, same options as the node: temporal, keyframe interval, linear input."""
+    folder = tmp_path_factory.mktemp("cli")
+    result = run_cli("matte", plate[0], folder / "a.%04d.exr", "--engine", engine, "--temporal",
+                     "--keyframe-interval", KEYFRAMES, "--input-colorspace", "linear", "--quiet")
+    assert result.returncode == 0, result.stderr
+    return {number: exr.read(str(folder / f"a.{number:04d}.exr"), ("A",))[0][..., 0] for number in FRAMES}
+
+
+def new_session(script: str) -> None:
+    """A fresh Nuke session with the integration loaded as Nuke loads it (init.py, then menu.py)."""
+    nuke.standin_reset()
+    nuke.GUI = True
+    sparsemat_node._registered = False
+    sparsemat_node._failed.clear()
+    sparsemat_node._jobs.clear()
+    core.tracker = core.StreamTracker()
+    nuke.standin_startup(str(INTEGRATION))
+    nuke.root()["name"].setValue(script)
+
+
+def sparsemat_on(source_pattern: str, address: str, first=1, last=5, **knobs):
+    """Read -> SparseMat, created from the menu with the Read selected."""
+    read = nuke.nodes.Read(file=source_pattern.replace("%04d", "####"), first=first, last=last)
+    read.setSelected(True)
+    nuke.menu("Nodes").findItem("SparseMat/SparseMat").invoke()
+    read.setSelected(False)
+    group = [n for n in nuke.allNodes("Group") if sparsemat_node.is_sparsemat(n)][-1]
+    group["address"].setValue(address)
+    group["keyframe_interval"].setValue(KEYFRAMES)
+    for name, value in knobs.items():
+        group[name].setValue(value)
+    return group
+
+
+def output_write(group, folder: Path):
+    write = nuke.nodes.Write(file=str(folder / "out.####.exr"), file_type="exr", channels="all",
+                             datatype="32 bit float", create_directories=True)
+    write.setInput(0, group)
+    return write
+
+
+def wait_for(group, timeout=300.0):
+    thread = sparsemat_node.job(group)
+    nuke.standin_run_until(lambda: thread is None or not thread.is_alive(), timeout)
+
+
+def alpha_files(group, frames):
+    files = core.paths(nuke.root().name(), group.fullName())
+    return {f: exr.read(core.frame_path(files.alpha, f), ("A",))[0][..., 0] for f in frames}
+
+
+# ---- the node ----------------------------------------------------------------------------------------------
+
+def test_menu_creates_the_node_with_its_knobs_and_internals(tmp_path):
+    new_session(str(tmp_path / "menu.nk"))
+    assert nuke._callbacks["beforeFrameRender"] == [(sparsemat_node.before_frame_render, (), {}, "Write")]
+    group = sparsemat_on(str(tmp_path / "p.%04d.exr"), "ipc:///nowhere")
+    assert group.input(0).Class() == "Read"
+    for knob in ("address", "checkpoint", "timeout", "temporal", "keyframe_interval", "colourspace", "output",
+                 "layer", "frames", "matte_frame", "matte_range", "status"):
+        assert group.knob(knob) is not None, knob
+    assert group["temporal"].value() is True and group["colourspace"].value() == "linear"
+    assert group["output"].values() == ["rgba.alpha", "new layer"] and group["status"].value() == "not matted yet"
+    new = nuke.nodes.Group()
+    sparsemat_node._add_knobs(new)
+    from sparsemat.plugin import protocol
+
+    assert new["address"].value() == protocol.default_address()  # the client's default
+    inner = {n.name(): n for n in group.nodes()}
+    assert inner["SourceWrite"]["datatype"].value() == "16 bit half" and inner["SourceWrite"]["raw"].value()
+    assert inner["SourceWrite"]["disable"].value(), "internal Writes stay disabled outside our own renders"
+    assert inner["AlphaRead"]["raw"].value() and inner["AlphaCopy"].input(1) is inner["AlphaRead"]
+
+
+def test_render_matches_sparsemat_matte(engine, plate, cli_alphas, tmp_path):
+    """nuke.execute of a downstream Write (what nuke -x and the farm do): each frame is matted first."""
+    new_session(str(tmp_path / "render.nk"))
+    group = sparsemat_on(plate[0], engine)
+    write = output_write(group, tmp_path / "out")
+    nuke.execute(write, 1, 5)
+    for number, frame in zip(FRAMES, plate[1]):
+        pixels, names = exr.read(str(tmp_path / "out" / f"out.{number:04d}.exr"))
+        alpha = pixels[..., names.index("A")]
+        assert np.array_equal(alpha, cli_alphas[number]), f"frame {number}"
+        rgb = pixels[..., [names.index(c) for c in "RGB"]]
+        assert np.array_equal(rgb, frame), "the plate passes through untouched"
+    assert group["status"].value().startswith("frame 5: ") and "active" in group["status"].value()
+    assert "cpu" in group["status"].value()
+    leftovers = [p.name for p in Path(core.session_folder()).rglob("source.*")]
+    assert not leftovers, "rendered plates are removed once matted"
+
+    # Into a new layer: the plate's rgba is left alone and the matte lands in <layer>.alpha.
+    group["output"].setValue("new layer")
+    group["layer"].setValue("matte")
+    sparsemat_node.sync(group)
+    assert "matte" in nuke.layers()
+    image = group._render(3, "main")  # the stand-in's own evaluation, without a render (and its callback)
+    assert np.array_equal(image.channels["matte.alpha"], cli_alphas[3])
+    assert "rgba.alpha" not in image.channels
+
+
+def test_buttons_matte_off_the_main_thread_and_pre_roll(engine, plate, cli_alphas, tmp_path, monkeypatch):
+    """'matte frame range' for frame 5 alone, in a new session (a farm chunk, say): frame 4, the last keyframe,
+    is matted first, so frame 5 is what the whole-range render gave; no engine call is made on the main thread."""
+    new_session(str(tmp_path / "buttons.nk"))
+    group = sparsemat_on(plate[0], engine, frames="5")
+    calls = []
+    for name in ("matte", "hello", "_request_locked"):
+        original = getattr(EngineClient, name)
+
+        def observed(self, *args, _original=original, _name=name, **kwargs):
+            calls.append((_name, threading.current_thread() is threading.main_thread()))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(EngineClient, name, observed)
+    group["matte_range"].execute()  # pressing the button
+    assert group["status"].value() == "matting 1 frame(s)..."  # the button returned at once
+    wait_for(group)
+    assert calls and not any(on_main for _, on_main in calls), calls
+    made = alpha_files(group, (4, 5))
+    assert np.array_equal(made[4], cli_alphas[4]) and np.array_equal(made[5], cli_alphas[5])
+    assert group["status"].value().startswith("frame 5: ")
+    worker_updates = [c for c in nuke.standin_main_thread_calls if c[0] == "_show_success"]
+    assert len(worker_updates) == 2 and all(thread.startswith("sparsemat-") for _, thread in worker_updates)
+    task = nuke.ProgressTask.instances[-1]
+    assert task.progress == 100 and task.thread.startswith("sparsemat-")
+    assert not nuke.messages
+
+
+def test_cancelling_a_range_stops_before_the_next_frame(engine, plate, tmp_path):
+    new_session(str(tmp_path / "cancel.nk"))
+    group = sparsemat_on(plate[0], engine, frames="1-5")
+    nuke.ProgressTask.standin_cancel_after = 0
+    thread = sparsemat_node.matte_frame_range(group)
+    wait_for(group)
+    assert not thread.is_alive() and group["status"].value() == "cancelled before frame 1"
+    assert not list(Path(core.session_folder()).rglob("source.*")), "the frame rendered ahead is removed"
+
+
+def test_the_command_line_driver_mattes_then_renders(engine, plate, cli_alphas, tmp_path):
+    new_session(str(tmp_path / "driver.nk"))
+    nuke.GUI = False
+    group = sparsemat_on(plate[0], engine)
+    write = output_write(group, tmp_path / "out")
+    sparsemat_render.render([write], [1])
+    pixels, names = exr.read(str(tmp_path / "out" / "out.0001.exr"))
+    assert np.array_equal(pixels[..., names.index("A")], cli_alphas[1])
+
+
+def test_remote_engines_get_the_pixels_inline(engine, plate, cli_alphas, tmp_path, monkeypatch):
+    """A remote address sends the rendered plate's pixels in the message (read here with the numpy EXR reader)."""
+    assert core.transport("ipc:///run/x.sock") == "file" and core.transport("tcp://127.0.0.1:5555") == "file"
+    assert core.transport("tcp://localhost:5555") == "file" and core.transport("tcp://render07:5555") == "inline"
+    monkeypatch.setattr(core, "transport", lambda address: "inline")
+    sent = []
+    original = EngineClient.matte
+
+    def observed(self, stream, frame, image=None, **kwargs):
+        sent.append((image is not None and image.dtype, kwargs.get("path"), kwargs.get("transport")))
+        return original(self, stream, frame, image, **kwargs)
+
+    monkeypatch.setattr(EngineClient, "matte", observed)
+    source = tmp_path / "source.main.0001.exr"
+    exr.write(str(source), plate[1][0], ("R", "G", "B"), half=True, compression=exr.NONE)
+    settings = core.Settings(address=engine, keyframe_interval=KEYFRAMES)
+    stats = core.matte(settings, "inline-test", 1, str(source), str(tmp_path / "alpha.exr"))
+    assert sent == [(np.dtype(np.float16), None, "inline")]
+    assert np.array_equal(exr.read(str(tmp_path / "alpha.exr"))[0][..., 0], cli_alphas[1])
+    assert not source.exists() and stats["reused"] is False
+
+
+def test_the_prior_input_reaches_the_engine(engine, plate, cli_alphas, tmp_path):
+    """A coarse alpha on the Prior input (any resolution) is used by the engine in place of its own prior."""
+    import OpenImageIO as oiio
+
+    new_session(str(tmp_path / "prior.nk"))
+    coarse = np.zeros((12, 16, 1), np.float32)
+    coarse[3:9, 4:12] = 1.0
+    spec = oiio.ImageSpec(16, 12, 1, oiio.FLOAT)
+    spec.channelnames = ("A",)
+    out = oiio.ImageOutput.create(str(tmp_path / "prior.0001.exr"))
+    assert out.open(str(tmp_path / "prior.0001.exr"), spec) and out.write_image(coarse)
+    out.close()
+    group = sparsemat_on(plate[0], engine)
+    group.setInput(1, nuke.nodes.Read(file=str(tmp_path / "prior.####.exr"), first=1, last=1))
+    sparsemat_node.matte_now(group, 1)
+    made = alpha_files(group, (1,))[1]
+    expected, _ = EngineClient(engine).matte("prior-check", 1, path=plate[0] % 1, colourspace="linear",
+                                             prior=coarse[..., 0])
+    assert np.array_equal(made, expected) and not np.array_equal(made, cli_alphas[1])
+
+
+# ---- errors --------------------------------------------------------------------------------------------------
+
+def test_engine_errors_become_node_errors(engine, plate, tmp_path):
+    new_session(str(tmp_path / "nan.nk"))
+    bad = plate[1][0].copy()
+    bad[10, 20] = np.nan
+    write_rgb(tmp_path / "nan.0001.exr", bad)
+    group = sparsemat_on(str(tmp_path / "nan.%04d.exr"), engine, first=1, last=2)
+    write_rgb(tmp_path / "nan.0002.exr", plate[1][1])
+    write = output_write(group, tmp_path / "out")
+
+    # A render stops on the frame with the engine's message, and the node errors on that frame only.
+    with pytest.raises(RuntimeError, match=r"NaN.*\[bad_pixels\]"):
+        nuke.execute(write, 1, 1)
+    status = group["status"].value()
+    assert status.startswith("error: SparseMat1, frame 1: SparseMat engine: ") and "NaN" in status, status
+    nuke.frame(1)
+    assert group.hasError()
+    nuke.frame(2)
+    assert not group.hasError()
+    with pytest.raises(RuntimeError, match="NaN"):
+        group._render(1, "main")  # what Nuke shows on the node: the Assert's message
+
+    # The button shows the same message in a dialog.
+    nuke.frame(1)
+    sparsemat_node.matte_this_frame(group)
+    wait_for(group)
+    assert len(nuke.messages) == 1 and "NaN" in nuke.messages[0] and "[bad_pixels]" in nuke.messages[0]
+
+    # Saved with the script, the error does not follow it into another session (a farm task, say).
+    sparsemat_node._failed.clear()
+    sparsemat_node.sync(group)
+    assert group.node("EngineError")["expression"].value() == "1" and not group.hasError()
+
+
+def test_an_unreachable_engine_is_a_node_error(tmp_path):
+    new_session(str(tmp_path / "down.nk"))
+    write_rgb(tmp_path / "p.0001.exr", np.full((8, 8, 3), 0.5, np.float32))
+    group = sparsemat_on(str(tmp_path / "p.%04d.exr"), f"ipc://{tmp_path}/nobody.sock", first=1, last=1, timeout=0.2)
+    nuke.frame(1)
+    started = time.monotonic()
+    assert sparsemat_node.matte_this_frame(group) is not None
+    assert sparsemat_node.matte_this_frame(group) is None  # a second press while the first is working
+    assert nuke.messages == ["SparseMat1 is already matting; wait for it, or cancel it in the progress window"]
+    wait_for(group, timeout=30)
+    assert time.monotonic() - started < 20  # 3 tries of 0.2 s of silence, not the default 10 s each
+    assert len(nuke.messages) == 2 and "not answering at ipc://" in nuke.messages[1]
+    assert "sparsemat engine start" in group["status"].value()
+    assert group.hasError()
+
+
+def test_settings_errors_are_reported_without_calling_the_engine(tmp_path):
+    new_session(str(tmp_path / "layer.nk"))
+    group = sparsemat_on(str(tmp_path / "p.%04d.exr"), "ipc:///nowhere", output="new layer", layer="9lives")
+    assert sparsemat_node.matte_this_frame(group) is None
+    assert "layer name '9lives'" in nuke.messages[0] and group["status"].value().startswith("error: ")
+
+
+# ---- no torch in Nuke ---------------------------------------------------------------------------------------
+
+def test_the_node_never_imports_torch(tmp_path):
+    """Start-up, the menu, a node, its settings and a (failing) matte: torch and the engine stay out."""
+    code = f"""
+import sys
+sys.path[:0] = [{str(STANDIN)!r}]
+import nuke
+nuke.standin_startup({str(INTEGRATION)!r})
+nuke.menu("Nodes").findItem("SparseMat/SparseMat").invoke()
+group = nuke.allNodes("Group")[-1]
+group["address"].setValue("ipc://{tmp_path}/none.sock")
+group["timeout"].setValue(0.1)
+import sparsemat_nuke.node as n
+from sparsemat_nuke import core
+values, files = n.sync(group)
+try:
+    core.matte(values, "s", 1, "{tmp_path}/missing.exr", "{tmp_path}/alpha.exr")
+except Exception as exc:
+    print("error:", core.describe(exc, values.address))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "OpenImageIO", "PyOpenColorIO")
+                or m.startswith("sparsemat.engine"))
+print("client" if "sparsemat.plugin.client" in sys.modules else "no client", loaded)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SPARSEMAT_NUKE_TEMP": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "not answering" in result.stdout and result.stdout.strip().endswith("client []"), result.stdout
+
+
+# ---- plain-Python pieces -------------------------------------------------------------------------------------
+
+def test_frame_ranges_pre_roll_and_assert_expressions():
+    assert core.parse_frames("", 3, 6) == [3, 4, 5, 6]
+    assert core.parse_frames("1-10x3, 12", 0, 0) == [1, 4, 7, 10, 12]
+    with pytest.raises(core.MatteError):
+        core.parse_frames("5-1", 0, 0)
+    keyed = core.Settings(address="ipc://x", keyframe_interval=10)
+    assert core.with_preroll([23, 24], keyed, None, 1) == [20, 21, 22, 23, 24]
+    assert core.with_preroll([23], keyed, 22, 1) == [23]  # the stream continues
+    assert core.with_preroll([3], keyed, None, 1) == [1, 2, 3]  # no further back than the input
+    assert core.with_preroll([23], core.Settings(address="ipc://x"), None, 1) == [23]
+    assert core.assert_expression(set()) == "1"
+    assert core.assert_expression({3, 5, 6, 7}) == "!(frame==3||(frame>=5&&frame<=7))"
+    assert [nuke._evaluate(core.assert_expression({3, 5, 6, 7}), f) for f in range(2, 9)] == \
+        [True, False, True, False, False, False, True]
+    assert core.frame_path("/a/b.%V.####.exr", 7, "left") == "/a/b.left.0007.exr"
+    assert core.frame_path("/a/b.%04d.exr", 12) == "/a/b.0012.exr"
+    assert core.output_channel("new layer", "matte") == "matte.alpha"
+    assert core.stream_id("/s.nk", "SparseMat1", "main").endswith("|/s.nk|SparseMat1|main")
+
+
+@pytest.mark.parametrize("compression", ["none", "zips", "zip", "piz"])
+def test_the_exr_reader_reads_what_openimageio_writes(tmp_path, compression):
+    import OpenImageIO as oiio
+
+    rng = np.random.default_rng(1)
+    pixels = (rng.random((20, 30, 3)) * 4).astype(np.float16).astype(np.float32)
+    spec = oiio.ImageSpec(30, 20, 3, oiio.HALF)
+    spec.attribute("compression", compression)
+    spec.x, spec.y = 2, -1  # a data window off the display window, as Nuke writes for a moved bbox
+    spec.full_x, spec.full_y, spec.full_width, spec.full_height = 0, 0, 30, 20
+    out = oiio.ImageOutput.create(str(tmp_path / "f.exr"))
+    assert out.open(str(tmp_path / "f.exr"), spec) and out.write_image(pixels)
+    out.close()
+    got, names = exr.read(str(tmp_path / "f.exr"), ("R", "G", "B"))
+    expected = np.zeros_like(pixels)
+    expected[0:19, 2:30] = pixels[1:20, 0:28]
+    assert names == ["R", "G", "B"] and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_openimageio_reads_the_alpha_the_node_writes(tmp_path, half):
+    import OpenImageIO as oiio
+
+    alpha = np.random.default_rng(2).random((33, 17)).astype(np.float32)
+    exr.write(str(tmp_path / "a.exr"), alpha, half=half)
+    image = oiio.ImageInput.open(str(tmp_path / "a.exr"))
+    spec, read = image.spec(), image.read_image(0, 0, 0, 1, oiio.FLOAT)
+    image.close()
+    expected = alpha.astype(np.float16).astype(np.float32) if half else alpha
+    assert list(spec.channelnames) == ["A"] and spec.get_string_attribute("compression") == "zip"
+    assert np.array_equal(read[..., 0], expected)
