@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "tcp://:PORT binds to loopback)")
         if name in ("start", "serve"):
             action.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
-                                help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT)")
+                                help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT); without one the engine "
+                                     "runs the weight-free guided refiner, and every request must carry a prior")
             action.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
             action.add_argument("--memory-budget", type=float, default=4.0, metavar="GB",
                                 help="memory for per-stream temporal state; least recently used streams are evicted")
@@ -95,8 +96,6 @@ def run_engine_command(args) -> int:
     if args.action == "start":
         return daemon.start(address, args.checkpoint, args.device, args.memory_budget)
     if args.action == "serve":
-        if not args.checkpoint:
-            raise UsageError("no checkpoint: pass --checkpoint PATH or set SPARSEMAT_CHECKPOINT")
         return daemon.serve(address, args.checkpoint, args.device, args.memory_budget)
     if args.action == "stop":
         return daemon.stop(address)
@@ -145,21 +144,24 @@ def _plan_job(args):
 
 def load_matter(checkpoint: str | None, device: str = "auto", max_pixels: int | None = None,
                 backend: str = "torch", half: bool = False):
-    """The model from ``checkpoint``, ready on ``device``; UsageError says what is wrong."""
+    """The model from ``checkpoint`` ready on ``device``, or the weight-free guided refiner when
+    there is no checkpoint; UsageError says what is wrong."""
     from .matting import MAX_PIXELS, Matter
     from .model import CheckpointError, SparseMat
 
-    if not checkpoint:
-        raise UsageError("no checkpoint: pass --checkpoint PATH or set SPARSEMAT_CHECKPOINT "
-                         "(the published SparseMat.pth, or a file saved by sparsemat)")
     device = _resolve_device(device)
     if half and device != "cuda":
         raise UsageError("--half-precision needs a CUDA device")
     try:
-        model = SparseMat.from_checkpoint(checkpoint)
+        model = SparseMat.from_checkpoint(checkpoint) if checkpoint else None
         return Matter(model, device=device, max_pixels=max_pixels or MAX_PIXELS, backend=backend, half=half)
     except (CheckpointError, ValueError, ImportError) as exc:
         raise UsageError(str(exc)) from exc
+
+
+NEEDS_A_SOURCE = ("nothing to matte with: give --checkpoint PATH (or set SPARSEMAT_CHECKPOINT) to use the "
+                  "SparseMat network, or --prior PATTERN (a coarse alpha per frame, any resolution) to refine "
+                  "it with the weight-free guided refiner")
 
 
 def run_matte(args) -> int:
@@ -168,6 +170,8 @@ def run_matte(args) -> int:
     job = _plan_job(args)
     if args.engine:
         return _run_matte_remote(args, job)
+    if not args.checkpoint and not args.prior:
+        raise UsageError(NEEDS_A_SOURCE)
     matter = load_matter(args.checkpoint, args.device, args.max_pixels, args.backend, args.half_precision)
     try:
         summary = run_job(job, InProcessMatter(matter), progress=not args.quiet)

@@ -80,12 +80,11 @@ def start(address: str, checkpoint: str, device: str, memory_budget_gb: float, w
     if running is not None:
         print(f"engine already running at {address} (pid {running['pid']})")
         return 0
-    if not checkpoint:
-        print("sparsemat: error: no checkpoint: pass --checkpoint PATH or set SPARSEMAT_CHECKPOINT", file=sys.stderr)
-        return 2
     pid_file, log_file = state_files(address)
     command = [sys.executable, "-m", "sparsemat.engine.cli", "engine", "serve", "--address", address,
-               "--checkpoint", os.path.abspath(checkpoint), "--device", device, "--memory-budget", str(memory_budget_gb)]
+               "--device", device, "--memory-budget", str(memory_budget_gb)]
+    if checkpoint:
+        command += ["--checkpoint", os.path.abspath(checkpoint)]
     with open(log_file, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     with open(pid_file, "w") as handle:

@@ -30,6 +30,7 @@ from .model import SparseMat
 from .model.backends import make_plan
 from .model.lpn import resize_like
 from .model.sparse import Sites
+from .guided import refine_band
 from .sparsity import Masks, compose, sparsity_masks, spatial_band
 
 MAX_PIXELS = 4_000_000
@@ -58,9 +59,10 @@ class FrameStats:
     spatial_pixels: int = 0  # dilated uncertain band
     temporal_pixels: int = 0  # dilated changed pixels; equals the frame without a previous frame
     reused: bool = False  # a previous frame's alpha was available for shared pixels
-    mode: str = "full"  # full | cascade | rescale
+    mode: str = "full"  # full | cascade | rescale | guided
     note: str = ""  # why temporal state was dropped, when it was
     ms: dict = field(default_factory=dict)  # per stage: prior, masks, refine, compose
+    masks: Masks | None = field(default=None, repr=False)  # full-resolution masks, for previews
 
     @property
     def active_fraction(self) -> float:
@@ -80,13 +82,16 @@ def normalize(frame_rgb: torch.Tensor) -> torch.Tensor:
 
 
 class Matter:
-    def __init__(self, model: SparseMat, device: str | torch.device = "cpu", max_pixels: int = MAX_PIXELS,
+    """``model`` None: the weight-free guided refiner, which needs a prior with every frame; it
+    keeps the same band and temporal rules, and its cost follows the band, so it has no cascade."""
+
+    def __init__(self, model: SparseMat | None, device: str | torch.device = "cpu", max_pixels: int = MAX_PIXELS,
                  backend: str = "torch", half: bool = False):
         if max_pixels < MIN_PIXELS:
             raise ValueError(f"max_pixels must be at least {MIN_PIXELS} (one 8 x 8 tile)")
         self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
-        self.model = model.to(self.device, self.dtype).eval()
+        self.model = None if model is None else model.to(self.device, self.dtype).eval()
         self.max_pixels = max_pixels
         self.backend = backend
 
@@ -111,7 +116,10 @@ class Matter:
 
         ``prior``: an optional coarse alpha (h, w) at any resolution; it replaces the prior
         network's alpha (band and refiner input), the network still supplies the context.
+        Required without a model.
         """
+        if self.model is None and prior is None:
+            raise ValueError("the guided refiner (no checkpoint) needs a prior alpha for every frame")
         height, width = frame_rgb.shape[:2]
         stats = FrameStats(height, width)
         if state is not None and state.size != (height, width):
@@ -120,7 +128,7 @@ class Matter:
         image = normalize(frame_rgb.to(self.device, torch.float32))
 
         with self._stage(stats, "prior"):
-            prior_lr, context = self._prior(image)
+            prior_lr, context = self._prior(image) if self.model is not None else (None, None)
             if prior is not None:
                 prior_lr = prior.to(self.device, torch.float32).clamp(0, 1)[None, None]
             prior = resize_like(prior_lr, image)
@@ -130,11 +138,17 @@ class Matter:
             stats.spatial_pixels = int(masks.band.sum().item())
             stats.temporal_pixels = height * width if masks.changed is None else int(masks.changed.sum().item())
             stats.reused = state is not None
+            stats.masks = masks
 
-        if n_active <= self.max_pixels:
+        if n_active <= self.max_pixels or self.model is None:
             stats.active_pixels = n_active
             with self._stage(stats, "refine"):
-                refined = self._refine(image, prior, masks.refine, context)
+                if self.model is None:
+                    stats.mode = "guided"
+                    rgb = frame_rgb.to(self.device, torch.float32).permute(2, 0, 1)[None]
+                    refined = refine_band(rgb, prior, masks.refine)
+                else:
+                    refined = self._refine(image, prior, masks.refine, context)
             with self._stage(stats, "compose"):
                 alpha = compose(refined, masks, prior, None if state is None else state.alpha)
         else:

@@ -36,7 +36,7 @@ _STOP = object()
 @dataclass
 class EngineConfig:
     address: str
-    checkpoint: str
+    checkpoint: str | None  # None: the weight-free guided refiner
     device: str = "auto"
     memory_budget_bytes: int = 4 << 30
     idle_timeout_s: float = 900.0
@@ -283,6 +283,8 @@ class Engine:
     def _matte(self, request_id, request: dict, stream) -> list:
         import torch
 
+        if self.matter.model is None and request["prior"] is None:
+            raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior'")
         start = time.perf_counter()
         frame_rgb = _load_image(request["image"], request["colourspace"])
         prior = None if request["prior"] is None else _load_prior(request["prior"])
@@ -365,7 +367,8 @@ def run_engine(config: EngineConfig) -> int:
     def load():
         return load_matter(config.checkpoint, config.device, config.max_pixels, "torch", config.half)
 
-    engine = Engine(config, load, f"SparseMat ({os.path.basename(config.checkpoint)})")
+    name = f"SparseMat ({os.path.basename(config.checkpoint)})" if config.checkpoint else "guided refiner (no checkpoint)"
+    engine = Engine(config, load, name)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: engine.stop())
     engine.serve()

@@ -48,7 +48,8 @@ def test_no_matching_frames(tmp_path, seed1_checkpoint):
 
 def test_missing_checkpoint_says_what_is_needed(clip, tmp_path):
     result = run_cli("matte", clip / "plate.####.exr", tmp_path / "a.####.exr", env={"SPARSEMAT_CHECKPOINT": ""})
-    assert result.returncode == 2 and "--checkpoint PATH or set SPARSEMAT_CHECKPOINT" in result.stderr
+    assert result.returncode == 2
+    assert "--checkpoint PATH (or set SPARSEMAT_CHECKPOINT)" in result.stderr and "--prior PATTERN" in result.stderr
 
 
 def test_corrupt_checkpoint_names_the_file(clip, tmp_path):
