@@ -80,6 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="memory for per-stream temporal state; least recently used streams are evicted")
         action.set_defaults(run=run_engine_command)
 
+    preview = commands.add_parser(
+        "preview", help="write a PNG contact sheet of one frame: plate, alpha, composite, refined masks",
+        description="Write a PNG contact sheet of one frame: the plate, the alpha, the plate over a checkerboard, "
+                    "and the plate with the refined band (red) and, from a previous frame, the changed pixels (blue).")
+    preview.add_argument("input", help="image file or sequence pattern")
+    preview.add_argument("output", help="the PNG to write")
+    preview.add_argument("--frame", type=int, help="frame of a sequence (default: the first on disk)")
+    preview.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
+                         help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT)")
+    preview.add_argument("--prior", metavar="PATTERN", help="coarse alpha per frame, as for matte")
+    preview.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    preview.add_argument("--input-colorspace", dest="colourspace", metavar="NAME")
+    preview.add_argument("--width", type=_positive_int, default=480, help="width of each of the four tiles")
+    preview.set_defaults(run=run_preview)
+
     from .evaluate import add_eval_command
 
     add_eval_command(commands)
@@ -204,6 +219,51 @@ def _run_matte_remote(args, job) -> int:
         client.close()
     print(summary.describe())
     return 0 if summary.ok else EXIT_FAILED
+
+
+def run_preview(args) -> int:
+    """Matte the frame (after its predecessor, when there is one, for the temporal mask) and draw it."""
+    import torch
+
+    from .imageio import ImageReadError, read_alpha, read_rgb
+    from .preview import contact_sheet, write_png
+    from .sequence import SequenceError, find_frames, parse_pattern
+
+    if not args.checkpoint and not args.prior:
+        raise UsageError(NEEDS_A_SOURCE)
+    try:
+        source = parse_pattern(args.input)
+        prior = parse_pattern(args.prior) if args.prior else None
+        frame = None
+        if source.is_sequence:
+            frame = args.frame if args.frame is not None else find_frames(source)[0]
+    except SequenceError as exc:
+        raise UsageError(str(exc)) from exc
+    matter = load_matter(args.checkpoint, args.device)
+
+    def load(number):
+        pixels = torch.from_numpy(read_rgb(source.path(number), args.colourspace))
+        return pixels, None if prior is None else torch.from_numpy(read_alpha(prior.path(number)))
+
+    try:
+        state = None
+        if frame is not None and os.path.exists(source.path(frame - 1)):
+            _, state, _ = matter.matte(*load(frame - 1))
+        pixels, coarse = load(frame)
+    except (ImageReadError, OSError) as exc:
+        raise UsageError(str(exc)) from exc
+    alpha, _, stats = matter.matte(pixels, state, prior=coarse)
+    changed = None if stats.masks.changed is None else stats.masks.changed[0, 0].cpu().numpy() > 0
+    sheet = contact_sheet(pixels.numpy(), alpha.cpu().numpy(), stats.masks.refine[0, 0].cpu().numpy() > 0, changed,
+                          tile_width=args.width)
+    try:
+        write_png(args.output, sheet)
+    except OSError as exc:
+        print(f"sparsemat: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {args.output}: plate | alpha | composite | refined band (red), changed (blue); "
+          f"active {stats.active_fraction:.2%}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

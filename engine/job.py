@@ -51,6 +51,7 @@ class MatteJob:
 
 @dataclass
 class JobSummary:
+    output: str = ""  # where the mattes go
     written: int = 0
     skipped: int = 0
     prerolled: int = 0  # matted only to rebuild temporal state, not written
@@ -67,7 +68,8 @@ class JobSummary:
         mean_active = float(np.mean(self.active_fractions)) if self.active_fractions else 0.0
         preroll = f", {self.prerolled} pre-rolled" if self.prerolled else ""
         text = (f"{self.written} frame(s) written, {self.skipped} skipped, {len(self.failed)} failed{preroll} "
-                f"in {self.seconds:.1f} s ({per_frame:.2f} s/frame); mean active fraction {mean_active:.2%}")
+                f"in {self.seconds:.1f} s ({per_frame:.2f} s/frame); mean active fraction {mean_active:.2%}"
+                f"\nmattes: {os.path.abspath(self.output)}")
         for frame, message in self.failed:
             text += f"\n  failed: {message}"
         return text
@@ -99,7 +101,7 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
     """Run ``job``; raises JobError when it cannot go on (what was written stays)."""
     from tqdm import tqdm
 
-    summary = JobSummary()
+    summary = JobSummary(output=job.output.text)
     out_dir = os.path.dirname(os.path.abspath(job.output.path(job.frames[0])))
     try:
         os.makedirs(out_dir, exist_ok=True)
