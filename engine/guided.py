@@ -144,7 +144,7 @@ def _refine(image, prior, band, passes, eps, power, floor, snap, linear, tile):
     for step in sorted({step for _, step in passes}):
         halo = max(_halo(radius // step) for radius, s in passes if s == step)
         levels[step] = _Level(active, tiles, step, halo, device)
-    _fill(levels, rgb, prior32, linear)
+    _fill(levels, rgb, prior32, linear, tile)
 
     alpha = tile_prior
     for index, (radius, step) in enumerate(passes):
@@ -178,22 +178,37 @@ def _solve_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _fill(levels: dict, rgb: torch.Tensor, prior: torch.Tensor, linear: bool) -> None:
-    """Fill the levels' canvases from the union of their regions (a view of the frame, no
+def _fill(levels: dict, rgb: torch.Tensor, prior: torch.Tensor, linear: bool, tile: int) -> None:
+    """Fill the levels' canvases by pooling the union of their regions (views of the frame, no
     gather). The guide is encoded before pooling, so block means are in linear light; coarser
     levels pool the finest level's blocks when their steps are multiples of its step."""
     top = min(level.region[0] for level in levels.values())
     bottom = max(level.region[1] for level in levels.values())
     left = min(level.region[2] for level in levels.values())
     right = max(level.region[3] for level in levels.values())
+    region = (top, bottom, left, right)
     finest = min(levels)
-    sources = [_encode(rgb[:, top:bottom, left:right], linear), prior[:, top:bottom, left:right]]
-    pooled = [F.avg_pool2d(source[None], finest, ceil_mode=True)[0] for source in sources]
+    pooled = _pool_region(rgb, prior, region, finest, linear, tile)
     for step, level in levels.items():
         if step % finest == 0:
             level.fill(pooled, (top, left), finest)
         else:
-            level.fill(sources, (top, left), 1)
+            level.fill(_pool_region(rgb, prior, region, step, linear, tile), (top, left), step)
+
+
+def _pool_region(rgb, prior, region, step: int, linear: bool, tile: int) -> torch.Tensor:
+    """(4, h, w): encoded guide and prior over ``region`` (top, bottom, left, right) of the frame,
+    pooled by ``step`` (blocks cut by the frame's edge: their part inside), in bands of rows so
+    that the encoded full-resolution copy stays small."""
+    top, bottom, left, right = region
+    out = rgb.new_empty((4, -(-(bottom - top) // step), -(-(right - left) // step)))
+    rows = tile * max(1, 512 // tile)  # a multiple of the tile, so of the step
+    for start in range(top, bottom, rows):
+        stop = min(start + rows, bottom)
+        band = torch.cat([_encode(rgb[:, start:stop, left:right], linear), prior[:, start:stop, left:right]])
+        pooled = F.avg_pool2d(band[None], step, ceil_mode=True)[0]
+        out[:, (start - top) // step:(start - top) // step + pooled.shape[1]] = pooled
+    return out
 
 
 class _Tiles:
@@ -287,19 +302,15 @@ class _Level:
         self.canvas = torch.zeros((4,) + self.size, dtype=self.dtype, device=device)
         self.solved = torch.zeros_like(self.canvas)
 
-    def fill(self, sources: list[torch.Tensor], origin: tuple[int, int], pooled_by: int) -> None:
-        """Pool this level's region out of ``sources``, the encoded guide (3, h, w) and the prior
-        (1, h, w), already pooled by ``pooled_by``, whose top-left pixel is the frame's ``origin``."""
+    def fill(self, source: torch.Tensor, origin: tuple[int, int], pooled_by: int) -> None:
+        """Pool this level's region out of ``source`` (4, h, w), the encoded guide and the prior
+        already pooled by ``pooled_by``, whose top-left pixel is the frame's pixel ``origin``."""
         top, bottom, left, right = self.region
+        region = source[:, (top - origin[0]) // pooled_by:-(-(bottom - origin[0]) // pooled_by),
+                        (left - origin[1]) // pooled_by:-(-(right - origin[1]) // pooled_by)]
+        pooled = F.avg_pool2d(region[None], self.step // pooled_by, ceil_mode=True)[0]
         row, col = top // self.step, left // self.step
-        channels = 0
-        for source in sources:
-            region = source[:, (top - origin[0]) // pooled_by:-(-(bottom - origin[0]) // pooled_by),
-                            (left - origin[1]) // pooled_by:-(-(right - origin[1]) // pooled_by)]
-            pooled = F.avg_pool2d(region[None], self.step // pooled_by, ceil_mode=True)[0]
-            count = pooled.shape[0]
-            self.canvas[channels:channels + count, row:row + pooled.shape[1], col:col + pooled.shape[2]] = pooled
-            channels += count
+        self.canvas[:, row:row + pooled.shape[1], col:col + pooled.shape[2]] = pooled
 
     def update_alpha(self, tiles: _Tiles, alpha: torch.Tensor, inside: torch.Tensor | None) -> None:
         """Pool the tiles' new alpha into the canvas (tiles cut by the frame's edge: their part inside)."""
