@@ -248,7 +248,8 @@ def run_preview(args) -> int:
     try:
         state = None
         if frame is not None and os.path.exists(source.path(frame - 1)):
-            _, state, _ = matter.matte(*load(frame - 1))
+            pixels, coarse = load(frame - 1)
+            _, state, _ = matter.matte(pixels, prior=coarse)
         pixels, coarse = load(frame)
     except (ImageReadError, OSError) as exc:
         raise UsageError(str(exc)) from exc

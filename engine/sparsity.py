@@ -25,19 +25,27 @@ BOX_SUM_LIMIT = 0.05
 PIXEL_DIFF_LIMIT = 0.001
 
 
-def dilate(mask: torch.Tensor, size: int = DILATION) -> torch.Tensor:
-    """size x size max filter of a float mask; separable, so 2 * size comparisons a pixel."""
+def window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
+    """size x size sums with zero padding, by a cumulative sum along each axis: a few passes a
+    pixel whatever the size (pooling and convolution kernels cost 2 * size and were the slowest
+    full-frame work here). Exact for integer input; pass float64 for real values."""
     pad = size // 2
-    mask = F.max_pool2d(mask, (size, 1), stride=1, padding=(pad, 0))
-    return F.max_pool2d(mask, (1, size), stride=1, padding=(0, pad))
+    for dim in (2, 3):
+        length = x.shape[dim]
+        padding = (0, 0, pad + 1, size - pad - 1) if dim == 2 else (pad + 1, size - pad - 1, 0, 0)
+        total = F.pad(x, padding).cumsum(dim)
+        x = total.narrow(dim, size, length) - total.narrow(dim, 0, length)
+    return x
+
+
+def dilate(mask: torch.Tensor, size: int = DILATION) -> torch.Tensor:
+    """size x size max filter of a 0/1 mask (a pixel is set when any pixel of its window is)."""
+    return (window_sum(mask.to(torch.int32), size) > 0).to(mask.dtype)
 
 
 def box_sum(x: torch.Tensor, size: int = BOX) -> torch.Tensor:
-    """size x size sum with zero padding (separable)."""
-    pad = size // 2
-    ones = x.new_ones(1, 1, size, 1)
-    x = F.conv2d(x, ones, padding=(pad, 0))
-    return F.conv2d(x, ones.transpose(2, 3), padding=(0, pad))
+    """size x size sum with zero padding, in float64 so that thresholds on it do not drift."""
+    return window_sum(x.double(), size)
 
 
 def spatial_band(prior: torch.Tensor) -> torch.Tensor:

@@ -63,3 +63,16 @@ def test_prior_input_replaces_the_network_alpha(seed1_model, frames):
     assert 0.05 < band_fraction < 0.6
     far_outside = alpha[:5, :5].numpy()
     assert np.all(far_outside == 0.0)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (5, 4), (1, 60)])
+def test_dilate_and_box_sum_equal_the_published_pooling_and_convolution(shape):
+    import torch.nn.functional as F
+
+    from sparsemat.engine.sparsity import box_sum, dilate
+
+    generator = torch.Generator().manual_seed(sum(shape))
+    mask = (torch.rand(1, 1, *shape, generator=generator) < 0.02).float()
+    assert torch.equal(dilate(mask), F.max_pool2d(mask, 15, stride=1, padding=7))
+    values = torch.rand(1, 1, *shape, generator=generator)
+    torch.testing.assert_close(box_sum(values).float(), F.conv2d(values, torch.ones(1, 1, 9, 9), padding=4))
