@@ -64,13 +64,12 @@ def read_rgb(path: str, colourspace: str | None = None) -> np.ndarray:
 
 
 def display_rgb(pixels: np.ndarray, colourspace: str = "srgb") -> np.ndarray:
-    """float32 (H, W, C) pixels already in memory (C = 1 gray, 3 RGB, 4 RGBA) -> what
-    ``read_rgb`` returns: (H, W, 3) sRGB-encoded in [0, 1]. Raises ImageReadError on NaN/inf."""
-    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):
-        raise ValueError(f"pixels must be (H, W, 1|3|4), got shape {pixels.shape}")
+    """C-contiguous float32 (H, W, 1 or 3) pixels in memory -> what ``read_rgb`` returns: (H, W, 3)
+    sRGB-encoded in [0, 1]. Works in place where it can: pass an array this call may change.
+    Raises ImageReadError on NaN/inf."""
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or pixels.dtype != np.float32:
+        raise ValueError(f"pixels must be float32 (H, W, 1|3), got {pixels.dtype} {pixels.shape}")
     encode = _display_encoder(colourspace)
-    # A copy: the encoders may work in place, and inline pixels arrive read-only.
-    pixels = np.array(pixels[..., :3], dtype=np.float32, order="C")
     _check_finite("pixels", pixels)
     return _to_display_rgb(pixels, encode)
 
@@ -187,6 +186,10 @@ def _in_display_window(pixels: np.ndarray, spec: oiio.ImageSpec) -> np.ndarray:
 
 
 def _check_finite(path: str, pixels: np.ndarray) -> None:
+    # One summing pass: a float64 sum of float32 values cannot overflow, so it is finite
+    # exactly when every value is; only a bad frame pays for locating the bad pixels.
+    if np.isfinite(pixels.sum(dtype=np.float64)):
+        return
     bad = ~np.isfinite(pixels)
     if bad.any():
         # Row-major order, so the first bad pixel is the top-most, then left-most one.
@@ -200,7 +203,7 @@ def _display_encoder(colourspace: str) -> Callable[[np.ndarray], np.ndarray]:
     """Function turning C-contiguous float32 (H, W, 3) pixels of ``colourspace`` into sRGB in [0, 1]."""
     key = colourspace.lower()
     if key == "srgb":
-        return lambda pixels: np.clip(pixels, 0.0, 1.0)
+        return lambda pixels: np.clip(pixels, 0.0, 1.0, out=pixels)
     if key == "linear":
         return lambda pixels: _srgb_encode(np.clip(pixels, 0.0, 1.0))
     processor = _ocio_processor(os.environ.get("OCIO") or BUILTIN_OCIO_CONFIG, colourspace)

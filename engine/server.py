@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,7 @@ class Engine:
         self._jobs: queue.Queue = queue.Queue()
         self._context = zmq.Context()
         self._outbox: queue.Queue = queue.Queue()
+        self._blocks = SharedMemoryBlocks()
 
     # ---- main thread -------------------------------------------------------------------------
     def serve(self) -> None:
@@ -267,6 +269,7 @@ class Engine:
                 self._outbox.put((identity, frames))
                 wake.send(b"")
         finally:
+            self._blocks.close()
             wake.close()
 
     def _run(self, request_id, op: str, request: dict) -> list:
@@ -286,14 +289,14 @@ class Engine:
         if self.matter.model is None and request["prior"] is None:
             raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior'")
         start = time.perf_counter()
-        frame_rgb = _load_image(request["image"], request["colourspace"])
-        prior = None if request["prior"] is None else _load_prior(request["prior"])
+        frame_rgb = _load_image(request["image"], request["colourspace"], self._blocks)
+        prior = None if request["prior"] is None else _load_prior(request["prior"], self._blocks)
         read_ms = (time.perf_counter() - start) * 1000.0
         previous = self.streams.previous_state(stream, request["frame"], request["temporal"], request["keyframe_interval"])
         matter = self.matter.with_budget(request["max_pixels"])
         alpha, state, stats = matter.matte(torch.from_numpy(frame_rgb), previous,
                                                 prior=None if prior is None else torch.from_numpy(prior))
-        alpha = alpha.cpu().numpy().astype(protocol.DTYPES[request["alpha_dtype"]])
+        alpha = alpha.cpu().numpy().astype(protocol.DTYPES[request["alpha_dtype"]], copy=False)
         self.frames_served += 1
         header = {"id": request_id, "ok": True, "stream": request["stream"], "frame": request["frame"],
                   "shape": list(alpha.shape), "dtype": request["alpha_dtype"],
@@ -301,58 +304,85 @@ class Engine:
                             "spatial_pixels": stats.spatial_pixels, "temporal_pixels": stats.temporal_pixels,
                             "reused": stats.reused, "mode": stats.mode, "note": stats.note,
                             "ms": {"read": read_ms, **stats.ms, "total": (time.perf_counter() - start) * 1000.0}}}
-        reply = [protocol.pack(header), alpha.tobytes()]
+        reply = [protocol.pack(header), alpha]  # sent from the array's own buffer
         # Kept even when this frame did not reuse: the next one may.
         self.streams.record(request["stream"], request["frame"], state, (request_id, header, reply))
         return reply
 
 
-def _raw_pixels(source: dict) -> np.ndarray:
-    """The block's pixels as float32 (H, W, C), integers scaled to [0, 1]."""
+def _raw_pixels(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
+    """The block's pixels as an owned float32 (H, W, 1 or 3) array, integers scaled to [0, 1]:
+    one pass from the message (or shared memory) buffer, converting as it copies."""
+    height, width, channels = source["shape"]
     dtype = protocol.DTYPES[source["dtype"]]
+
+    def convert(buffer) -> np.ndarray:
+        raw = np.frombuffer(buffer, dtype=dtype, count=height * width * channels).reshape(height, width, channels)
+        pixels = np.empty((height, width, min(channels, 3)), np.float32)
+        np.copyto(pixels, raw[..., : pixels.shape[2]], casting="unsafe")
+        if np.issubdtype(dtype, np.integer):
+            pixels *= np.float32(1.0 / np.iinfo(dtype).max)
+        return pixels
+
     if source["transport"] == "inline":
-        raw = np.frombuffer(source["buffer"], dtype=dtype)
-    else:
-        raw = _read_shared_memory(source["shm"], source["nbytes"], dtype)
-    pixels = raw.reshape(source["shape"]).astype(np.float32)
-    if np.issubdtype(dtype, np.integer):
-        pixels /= np.iinfo(dtype).max
-    return pixels
+        return convert(source["buffer"])
+    return blocks.read(source["shm"], source["nbytes"], convert)
 
 
-def _read_shared_memory(name: str, nbytes: int, dtype) -> np.ndarray:
-    from multiprocessing import resource_tracker, shared_memory
+class SharedMemoryBlocks:
+    """Clients' shared-memory blocks, kept attached between requests (worker thread only).
 
-    try:
-        block = shared_memory.SharedMemory(name=name, create=False)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise ProtocolError("bad_pixels", f"shared memory block {name!r} cannot be opened: {exc}") from exc
-    try:
-        # Attaching registers the block with this process's resource tracker, which would
-        # unlink the client's block when the engine exits; the client owns it.
-        resource_tracker.unregister(block._name, "shared_memory")  # noqa: SLF001
+    Attaching maps the block anew and every page then faults on first touch, which cost more
+    than the copy itself; clients reuse one block, so the mapping is kept. A block is known by
+    its name and inode, so a name reused for a new block is attached afresh."""
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self._blocks: OrderedDict = OrderedDict()  # (name, inode) -> SharedMemory
+
+    def read(self, name: str, nbytes: int, read):
+        """``read(buffer)`` on the block ``name``, which must hold at least ``nbytes``."""
+        from multiprocessing import resource_tracker, shared_memory
+
+        try:
+            key = (name, os.stat(os.path.join("/dev/shm", name.lstrip("/"))).st_ino)
+            block = self._blocks.pop(key, None)
+            fresh = block is None
+            if fresh:
+                block = shared_memory.SharedMemory(name=name, create=False)
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            raise ProtocolError("bad_pixels", f"shared memory block {name!r} cannot be opened: {exc}") from exc
+        if fresh:
+            # Attaching registers the block with this process's resource tracker, which would
+            # unlink the client's block when the engine exits; the client owns it.
+            resource_tracker.unregister(block._name, "shared_memory")  # noqa: SLF001
+        self._blocks[key] = block
+        while len(self._blocks) > self.keep:
+            self._blocks.popitem(last=False)[1].close()
         if block.size < nbytes:
             raise ProtocolError("size_mismatch", f"shared memory block {name!r} holds {block.size} bytes, "
                                                  f"the shape needs {nbytes}")
-        return np.frombuffer(block.buf, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize).copy()
-    finally:
-        block.close()
+        return read(block.buf)
+
+    def close(self) -> None:
+        while self._blocks:
+            self._blocks.popitem()[1].close()
 
 
-def _load_image(source: dict, colourspace: str | None) -> np.ndarray:
+def _load_image(source: dict, colourspace: str | None, blocks: SharedMemoryBlocks) -> np.ndarray:
     try:
         if source["transport"] == "file":
             return read_rgb(source["path"], colourspace)
-        return display_rgb(_raw_pixels(source), colourspace or "srgb")
+        return display_rgb(_raw_pixels(source, blocks), colourspace or "srgb")
     except ImageReadError as exc:
         raise ProtocolError("bad_pixels", str(exc)) from exc
     except ValueError as exc:  # an unknown colourspace
         raise ProtocolError("bad_request", str(exc)) from exc
 
 
-def _load_prior(source: dict) -> np.ndarray:
+def _load_prior(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
     try:
-        prior = read_alpha(source["path"]) if source["transport"] == "file" else _raw_pixels(source)[..., 0]
+        prior = read_alpha(source["path"]) if source["transport"] == "file" else _raw_pixels(source, blocks)[..., 0]
     except ImageReadError as exc:
         raise ProtocolError("bad_pixels", str(exc)) from exc
     if not np.isfinite(prior).all():

@@ -85,7 +85,7 @@ class EngineClient:
               prior_path: str | None = None,
               temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
               max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
-        """Alpha (H, W) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
+        """Alpha (H, W, read-only) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
         C in 1, 3, 4, sent ``inline`` or through ``shm``; or ``path`` of a file the engine reads.
         The optional coarse alpha: ``prior`` (an array, sent inline) or ``prior_path`` (a file)."""
         header = {"op": "matte", "stream": stream, "frame": int(frame), "temporal": temporal,
@@ -181,14 +181,14 @@ class EngineClient:
         pings = itertools.count(1)
         while time.monotonic() - last_heard < self.timeout:
             if socket.poll(int(min(self.heartbeat, self.timeout) * 1000), zmq.POLLIN):
-                frames = socket.recv_multipart()
+                frames = socket.recv_multipart(copy=False)  # the alpha is used from the message buffer
                 last_heard = time.monotonic()
                 try:
-                    reply = protocol.unpack(frames[0])
+                    reply = protocol.unpack(frames[0].bytes)
                 except protocol.ProtocolError:
                     continue
                 if reply.get("id") == request_id:
-                    return reply, frames[1:]
+                    return reply, [frame.buffer for frame in frames[1:]]
                 continue  # a ping's answer, or a late reply to a request given up on
             # The engine answers status at once even while computing or loading the model.
             socket.send_multipart([protocol.pack({"op": "status", "id": f"{request_id}-ping{next(pings)}"})])
