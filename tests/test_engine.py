@@ -295,3 +295,28 @@ def test_plugin_never_imports_torch():
     code = ("import sys; import sparsemat.plugin, sparsemat.plugin.client, sparsemat.plugin.protocol; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_shared_memory_name_reused_for_a_new_block_is_read_afresh(engine, reference):
+    from multiprocessing import shared_memory
+
+    first, second = frames_of(reference, 2)
+    client = EngineClient(engine[0])
+    expected = client.matte("shm-expected", 1, second)[0]
+    name = f"sparsemat-test-{os.getpid()}"
+    for index, frame in enumerate((first, second)):
+        block = shared_memory.SharedMemory(name=name, create=True, size=frame.nbytes)
+        np.frombuffer(block.buf, dtype=np.float32, count=frame.size)[:] = frame.reshape(-1)
+        request = msgpack.packb({"v": 1, "id": f"shm-{index}", "op": "matte", "stream": f"shm-{index}", "frame": 1,
+                                 "image": {"shape": list(frame.shape), "dtype": "float32", "transport": "shm",
+                                           "shm": name}})
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.connect(engine[0])
+        socket.send(request)
+        assert socket.poll(60000)
+        header, alpha = socket.recv_multipart()
+        socket.close(linger=0)
+        block.close()
+        block.unlink()
+    assert msgpack.unpackb(header)["ok"]
+    assert np.array_equal(np.frombuffer(alpha, dtype=np.float32).reshape(expected.shape), expected)
