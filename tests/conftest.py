@@ -62,3 +62,25 @@ def assert_faithful(alpha: np.ndarray, ref: np.ndarray, label: str = "") -> None
     diff = np.abs(alpha.astype(np.float64) - ref)
     within = float((diff <= 1e-3).mean())
     assert diff.mean() <= 1e-4 and within >= 0.999, f"{label}: mean {diff.mean():.2e}, within 1e-3: {within:.4%}"
+
+
+def start_engine(address: str, checkpoint, runtime, *options) -> int:
+    """A real engine daemon through ``sparsemat engine start``; returns its pid."""
+    from sparsemat.plugin.client import EngineClient
+
+    result = run_cli("engine", "start", "--address", address, "--checkpoint", checkpoint, "--device", "cpu", *options,
+                     env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert result.returncode == 0, result.stderr
+    return EngineClient(address).hello()["pid"]
+
+
+def stop_engine(address: str, runtime) -> subprocess.CompletedProcess:
+    return run_cli("engine", "stop", "--address", address, env={"XDG_RUNTIME_DIR": str(runtime)})
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    """A private runtime folder (socket, pid and log files) for a module's engines."""
+    folder = tmp_path_factory.mktemp("run")
+    folder.chmod(0o700)
+    return folder

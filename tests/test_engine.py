@@ -13,27 +13,9 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import assert_faithful, run_cli, write_rgb
+from conftest import assert_faithful, run_cli, start_engine, stop_engine, write_rgb
 from sparsemat.plugin import protocol
 from sparsemat.plugin.client import EngineClient, EngineError, EngineUnavailable, start_command
-
-
-def start_engine(address, checkpoint, runtime, *options) -> int:
-    result = run_cli("engine", "start", "--address", address, "--checkpoint", checkpoint, "--device", "cpu", *options,
-                     env={"XDG_RUNTIME_DIR": str(runtime)})
-    assert result.returncode == 0, result.stderr
-    return EngineClient(address).hello()["pid"]
-
-
-def stop_engine(address, runtime):
-    return run_cli("engine", "stop", "--address", address, env={"XDG_RUNTIME_DIR": str(runtime)})
-
-
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run")
-    folder.chmod(0o700)
-    return folder
 
 
 @pytest.fixture(scope="module")

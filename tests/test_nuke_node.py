@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, write_rgb
+from conftest import REPO, run_cli, start_engine, stop_engine, write_rgb
 
 STANDIN = REPO / "tests" / "nuke_standin"
 INTEGRATION = REPO / "host_integrations" / "nuke"
@@ -38,22 +38,12 @@ FRAMES = range(1, 6)
 # ---- fixtures: an engine, a plate, the CLI's mattes of it ----------------------------------------------------
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run")
-    folder.chmod(0o700)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def engine(runtime, seed1_checkpoint):
     address = f"ipc://{runtime}/engine.sock"
-    env = {"XDG_RUNTIME_DIR": str(runtime)}
-    result = run_cli("engine", "start", "--address", address, "--checkpoint", seed1_checkpoint, "--device", "cpu",
-                     env=env)
-    assert result.returncode == 0, result.stderr
+    start_engine(address, seed1_checkpoint, runtime)
     yield address
     core.close_clients()
-    run_cli("engine", "stop", "--address", address, env=env)
+    stop_engine(address, runtime)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -314,14 +314,19 @@ def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, 
             result, stats = client.matte(stream, frame, pixels, transport="inline", prior=prior_alpha, **options)
     finally:
         if remove_inputs:
-            for path in (source, prior):
-                if path:
-                    try:
-                        os.remove(path)
-                    except OSError:
-                        pass
+            remove_files(source, prior)
     exr.write(alpha, np.asarray(result, dtype=np.float32), ("A",), half=False, compression=exr.ZIP)
     return {**stats, "seconds": time.perf_counter() - started, "engine": state}
+
+
+def remove_files(*paths: str | None) -> None:
+    """Remove rendered scratch files; missing ones (or None) are fine."""
+    for path in paths:
+        if path:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
 
 
 def _compact(pixels: np.ndarray) -> np.ndarray:

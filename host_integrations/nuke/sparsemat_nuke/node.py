@@ -345,12 +345,7 @@ def _discard(future: Future | None) -> None:
         source, prior, _ = future.result()
     except Exception:
         return
-    for path in (source, prior):
-        if path:
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+    core.remove_files(source, prior)
 
 
 def _run_job(name: str, script: str, values: core.Settings, frames: list, views: list, first: int,
