@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
             action.add_argument("--memory-budget", type=float, default=4.0, metavar="GB",
                                 help="memory for per-stream temporal state; least recently used streams are evicted")
+            action.add_argument("--half-precision", action="store_true", help="run the network in float16 (CUDA only)")
         action.set_defaults(run=run_engine_command)
 
     preview = commands.add_parser(
@@ -109,9 +110,9 @@ def run_engine_command(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if args.action == "start":
-        return daemon.start(address, args.checkpoint, args.device, args.memory_budget)
+        return daemon.start(address, args.checkpoint, args.device, args.memory_budget, args.half_precision)
     if args.action == "serve":
-        return daemon.serve(address, args.checkpoint, args.device, args.memory_budget)
+        return daemon.serve(address, args.checkpoint, args.device, args.memory_budget, args.half_precision)
     if args.action == "stop":
         return daemon.stop(address)
     return daemon.status(address)

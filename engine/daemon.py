@@ -75,7 +75,8 @@ def _log_tail(path: str, lines: int = 5) -> str:
         return ""
 
 
-def start(address: str, checkpoint: str, device: str, memory_budget_gb: float, wait_s: float = 600.0) -> int:
+def start(address: str, checkpoint: str | None, device: str, memory_budget_gb: float, half: bool = False,
+          wait_s: float = 600.0) -> int:
     running = _probe(address)
     if running is not None:
         print(f"engine already running at {address} (pid {running['pid']})")
@@ -85,6 +86,8 @@ def start(address: str, checkpoint: str, device: str, memory_budget_gb: float, w
                "--device", device, "--memory-budget", str(memory_budget_gb)]
     if checkpoint:
         command += ["--checkpoint", os.path.abspath(checkpoint)]
+    if half:
+        command.append("--half-precision")
     with open(log_file, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     with open(pid_file, "w") as handle:
@@ -158,9 +161,9 @@ def status(address: str) -> int:
     return 0
 
 
-def serve(address: str, checkpoint: str, device: str, memory_budget_gb: float) -> int:
+def serve(address: str, checkpoint: str | None, device: str, memory_budget_gb: float, half: bool = False) -> int:
     from .server import EngineConfig, run_engine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     return run_engine(EngineConfig(address=address, checkpoint=checkpoint, device=device,
-                                   memory_budget_bytes=int(memory_budget_gb * 2**30)))
+                                   memory_budget_bytes=int(memory_budget_gb * 2**30), half=half))

@@ -207,6 +207,26 @@ def test_four_clients_at_once_equal_a_sequential_run(engine, reference):
             assert np.array_equal(got, want)
 
 
+def test_one_client_shared_by_threads(engine, reference):
+    frames = frames_of(reference, 3)
+    client = EngineClient(engine[0])
+    expected = [client.matte("shared-seq", 1, frame)[0] for frame in frames]
+    results, errors = {}, []
+
+    def run(index):
+        try:
+            results[index] = client.matte(f"shared-{index}", 1, frames[index])[0]
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and all(np.array_equal(results[i], expected[i]) for i in range(3))
+
+
 def test_memory_budget_evicts_streams_instead_of_failing(runtime, seed1_checkpoint, reference, tmp_path, monkeypatch):
     address = f"ipc://{tmp_path}/small.sock"
     start_engine(address, seed1_checkpoint, runtime, "--memory-budget", "0.0001")  # 107 kB: two streams of 48 x 64 (49 kB each)
