@@ -186,17 +186,17 @@ def _in_display_window(pixels: np.ndarray, spec: oiio.ImageSpec) -> np.ndarray:
 
 
 def _check_finite(path: str, pixels: np.ndarray) -> None:
-    # One summing pass: a float64 sum of float32 values cannot overflow, so it is finite
-    # exactly when every value is; only a bad frame pays for locating the bad pixels.
-    if np.isfinite(pixels.sum(dtype=np.float64)):
-        return
+    # One summing pass: NaN and infinity reach the sum, so a finite sum means finite pixels.
+    # A non-finite sum (a bad pixel, or huge values overflowing) takes the exact check below.
+    with np.errstate(over="ignore"):
+        if np.isfinite(pixels.sum()):
+            return
     bad = ~np.isfinite(pixels)
-    if bad.any():
-        # Row-major order, so the first bad pixel is the top-most, then left-most one.
-        y, x = divmod(int(np.argmax(bad.any(axis=2))), pixels.shape[1])
-        raise ImageReadError(
-            f"'{path}' contains {int(bad.sum())} NaN/infinite pixel values (first at x={x}, y={y})"
-        )
+    if not bad.any():
+        return
+    # Row-major order, so the first bad pixel is the top-most, then left-most one.
+    y, x = divmod(int(np.argmax(bad.any(axis=2))), pixels.shape[1])
+    raise ImageReadError(f"'{path}' contains {int(bad.sum())} NaN/infinite pixel values (first at x={x}, y={y})")
 
 
 def _display_encoder(colourspace: str) -> Callable[[np.ndarray], np.ndarray]:

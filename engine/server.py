@@ -201,6 +201,11 @@ class Engine:
         if request["keyframe_interval"] < 0:
             raise ProtocolError("bad_request", "'keyframe_interval' must be 0 or more")
         request["image"] = self._pixel_source(_require(header, "image", dict), frames, "image", (1, 3, 4))
+        request["alpha_shm_offset"] = _require(header, "alpha_shm_offset", int, required=False)
+        if request["alpha_shm_offset"] is not None and (
+                request["image"]["transport"] != "shm" or request["alpha_shm_offset"] < request["image"]["nbytes"]):
+            raise ProtocolError("bad_request", "'alpha_shm_offset' needs the image in shared memory, "
+                                               "and must not overlap its pixels")
         prior = _require(header, "prior", dict, required=False)
         request["prior"] = None if prior is None else self._pixel_source(prior, frames, "prior", (1,))
         return request
@@ -280,7 +285,10 @@ class Engine:
             return [protocol.pack({"id": request_id, "ok": True, "dropped": dropped})]
         stream = self.streams.get(request["stream"])
         if stream.last_reply is not None and stream.last_reply[0] == request_id and request_id is not None:
-            return stream.last_reply[2]  # a client retry: the same answer, not a second compute
+            _, _, frames, write_alpha = stream.last_reply  # a client retry: the same answer, not a second compute
+            if write_alpha is not None:
+                write_alpha()
+            return frames
         return self._matte(request_id, request, stream)
 
     def _matte(self, request_id, request: dict, stream) -> list:
@@ -304,10 +312,25 @@ class Engine:
                             "spatial_pixels": stats.spatial_pixels, "temporal_pixels": stats.temporal_pixels,
                             "reused": stats.reused, "mode": stats.mode, "note": stats.note,
                             "ms": {"read": read_ms, **stats.ms, "total": (time.perf_counter() - start) * 1000.0}}}
-        reply = [protocol.pack(header), alpha]  # sent from the array's own buffer
+        write_alpha = None
+        if request["alpha_shm_offset"] is not None:
+            write_alpha = self._shm_writer(request["image"], request["alpha_shm_offset"], alpha)
+            write_alpha()
+            header["alpha_in_shm"] = True
+            reply = [protocol.pack(header)]
+        else:
+            reply = [protocol.pack(header), alpha]  # sent from the array's own buffer
         # Kept even when this frame did not reuse: the next one may.
-        self.streams.record(request["stream"], request["frame"], state, (request_id, header, reply))
+        self.streams.record(request["stream"], request["frame"], state, (request_id, header, reply, write_alpha))
         return reply
+
+    def _shm_writer(self, image: dict, offset: int, alpha: np.ndarray):
+        """A function writing ``alpha`` into the client's block at ``offset`` (again, for a retry)."""
+        def write() -> None:
+            def copy(buffer) -> None:
+                np.frombuffer(buffer, dtype=alpha.dtype, count=alpha.size, offset=offset)[:] = alpha.reshape(-1)
+            self._blocks.read(image["shm"], offset + alpha.nbytes, copy)
+        return write
 
 
 def _raw_pixels(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:

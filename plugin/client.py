@@ -66,6 +66,7 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid()}-{id(self):x}"
         self._shm: shared_memory.SharedMemory | None = None
+        self._alpha_offset = 0
 
     # ---- operations ----------------------------------------------------------------------------
     def hello(self) -> dict:
@@ -94,20 +95,29 @@ class EngineClient:
             header["colourspace"] = colourspace
         if max_pixels is not None:
             header["max_pixels"] = int(max_pixels)
-        payload: list = []
-        if path is not None:
-            header["image"] = {"transport": "file", "path": os.path.abspath(path)}
-        elif image is not None:
-            header["image"] = self._pixel_block(image, transport, payload)
-        else:
+        if image is None and path is None:
             raise ValueError("matte needs an image array or a path")
-        if prior_path is not None:
-            header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
-        elif prior is not None:
-            header["prior"] = self._pixel_block(np.asarray(prior, dtype=np.float32)[..., None], "inline", payload)
+        # The lock covers the shared-memory block too: threads must not overwrite each other's frames.
         with self._lock:
+            payload: list = []
+            if path is not None:
+                header["image"] = {"transport": "file", "path": os.path.abspath(path)}
+            else:
+                header["image"] = self._pixel_block(image, transport, payload)
+                if transport == "shm":
+                    header["alpha_shm_offset"] = self._alpha_offset
+            if prior_path is not None:
+                header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
+            elif prior is not None:
+                header["prior"] = self._pixel_block(np.asarray(prior, dtype=np.float32)[..., None], "inline", payload)
             reply, frames = self._request_locked(header, payload, self.retries)
-        alpha = np.frombuffer(frames[0], dtype=protocol.DTYPES[reply["dtype"]]).reshape(reply["shape"])
+            dtype, shape = protocol.DTYPES[reply["dtype"]], reply["shape"]
+            if reply.get("alpha_in_shm"):
+                # Copied out: the block is this client's and the next request reuses it.
+                alpha = np.frombuffer(self._shm.buf, dtype=dtype, count=shape[0] * shape[1],
+                                      offset=self._alpha_offset).reshape(shape).copy()
+            else:
+                alpha = np.frombuffer(frames[0], dtype=dtype).reshape(shape)
         return alpha, reply["stats"]
 
     def close(self) -> None:
@@ -142,12 +152,16 @@ class EngineClient:
         return block
 
     def _copy_to_shared_memory(self, pixels: np.ndarray) -> str:
-        """One block per client, grown as needed and reused: the engine only reads it during a request."""
-        if self._shm is None or self._shm.size < pixels.nbytes:
+        """One block per client, grown as needed and reused: the frame from offset 0, then room for
+        a float32 alpha (the engine writes it there, so the reply carries no pixels). The frame
+        region is never written by the engine, so a retried request still finds its frame."""
+        self._alpha_offset = -(-pixels.nbytes // 64) * 64
+        size = self._alpha_offset + pixels.shape[0] * pixels.shape[1] * 4
+        if self._shm is None or self._shm.size < size:
             if self._shm is not None:
                 self._shm.close()
                 self._shm.unlink()
-            self._shm = shared_memory.SharedMemory(create=True, size=pixels.nbytes)
+            self._shm = shared_memory.SharedMemory(create=True, size=size)
         np.frombuffer(self._shm.buf, dtype=pixels.dtype, count=pixels.size)[:] = pixels.reshape(-1)
         return self._shm.name
 

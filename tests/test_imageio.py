@@ -386,3 +386,14 @@ def test_write_refuses_bad_alpha(tmp_path: Path, bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match="cannot write"):
         write_alpha(str(tmp_path / "matte.exr"), bad)
     assert os.listdir(tmp_path) == []
+
+
+def test_display_rgb_accepts_huge_finite_values_and_refuses_nan():
+    from sparsemat.engine.imageio import display_rgb
+
+    huge = np.full((4, 4, 3), 3e38, np.float32)  # their float32 sum overflows: the exact check decides
+    assert display_rgb(huge).max() == 1.0
+    bad = np.zeros((4, 4, 3), np.float32)
+    bad[1, 2, 0] = np.inf
+    with pytest.raises(ImageReadError, match=r"1 NaN/infinite pixel values \(first at x=2, y=1\)"):
+        display_rgb(bad)
