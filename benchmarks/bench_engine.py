@@ -49,6 +49,9 @@ SIZES = {"1080p": (1080, 1920), "4k": (2160, 3840), "8k": (4320, 7680)}
 LABELS = {"1080p": "1080p (1920x1080)", "4k": "4K UHD (3840x2160)", "8k": "8K UHD (7680x4320)"}
 STAGES = ("prior", "masks", "refine", "compose")
 CKPT_SEED = 1
+# --out rewrites the document above this line and keeps everything from it on (sections that
+# other scripts or people add below it survive a refresh).
+MARKER = "<!-- bench_engine.py --out regenerates everything above this line and keeps everything below it -->"
 
 
 # --------------------------------------------------------------------------- synthetic plate
@@ -244,6 +247,9 @@ def _median_stats(records: list[dict]) -> dict:
 
 
 def worker(cfg: dict) -> dict:
+    from sparsemat.engine.allocator import keep_freed_memory
+
+    malloc_tuned = keep_freed_memory() if cfg.get("mallopt") else False
     import torch
 
     from sparsemat.engine.matting import Matter
@@ -262,7 +268,7 @@ def worker(cfg: dict) -> dict:
             torch.cuda.synchronize(device)
 
     result = {"size": cfg["size"], "height": height, "width": width, "device": str(device),
-              "busy_limit": cfg["busy_limit"],
+              "busy_limit": cfg["busy_limit"], "malloc_tuned": malloc_tuned,
               "threads": default_threads, "frames_requested": cfg["frames"]}
 
     model = SparseMat.from_checkpoint(cfg["ckpt"])
@@ -715,6 +721,25 @@ def tables(results: list[dict], info: dict) -> tuple[list[str], str]:
     return lines, " ".join(para)
 
 
+def kept_tail(path: str) -> str:
+    """What ``--out`` keeps of an existing document: the marker line and everything after it; for a
+    document written before the marker existed, whatever follows the generated interpretation."""
+    if not os.path.isfile(path):
+        return MARKER + "\n"
+    with open(path) as f:
+        text = f.read()
+    if MARKER in text:
+        return text[text.index(MARKER):]
+    heading = "## What the figures mean\n"
+    if heading in text:
+        rest = text[text.index(heading) + len(heading):].lstrip("\n")
+        cut = rest.find("\n\n")  # the generated paragraph is one line
+        rest = rest[cut:].strip("\n") if cut >= 0 else ""
+        return MARKER + ("\n\n" + rest + "\n" if rest else "\n")
+    # not a document this script wrote: keep all of it below the new figures
+    return MARKER + "\n\n" + text
+
+
 def write_doc(path: str, info: dict, command: str, lines: list[str], paragraph: str, args) -> None:
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     machine = (f"- CPU: {info['cpu']}, {info['cores']} logical cores; RAM {info['ram_gib']:.1f} GiB\n"
@@ -725,8 +750,9 @@ def write_doc(path: str, info: dict, command: str, lines: list[str], paragraph: 
     machine += f"- Device benchmarked: {info['device']}\n"
     body = f"""# Performance
 
-Measured by `benchmarks/bench_engine.py` on {date}. Rerun it to refresh this file; every number
-below comes from that run on the machine described, nothing is extrapolated.
+Measured by `benchmarks/bench_engine.py` on {date}. Rerun it with `--out` to refresh the part
+of this file above the marker line (what follows the marker is kept); every number above it
+comes from that run on the machine described, nothing is extrapolated.
 
 ## Machine
 
@@ -750,6 +776,7 @@ below comes from that run on the machine described, nothing is extrapolated.
 - Timings: per stage from `stats.ms` (prior, masks, refine, compose); "Total" is the wall time
   of the `matte()` call (it also includes normalizing the frame). One warm-up frame, then the
   median of the timed frames (the "Frames" column). FPS = 1000 / total.
+- Allocator: {"glibc malloc told to keep large freed blocks (`--mallopt`: M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1), as `sparsemat matte` and the engine set it" if args.mallopt else "glibc's default: the benchmark calls Matter directly, and `sparsemat matte` and the engine keep freed blocks instead (`--mallopt`)"}.
 - Memory: each plate runs in a fresh process; peak RSS is `ru_maxrss`{", CUDA figure is `torch.cuda.max_memory_allocated`" if info["device"].startswith("cuda") else ""}.
 - Backend comparison: the configurations run one after another for each frame in the same
   process, so that their ratios see the same machine state.
@@ -760,10 +787,14 @@ below comes from that run on the machine described, nothing is extrapolated.
 ## What the figures mean
 
 {paragraph}
+
 """
+    body += kept_tail(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         f.write(body)
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- main
@@ -800,6 +831,9 @@ def main(argv=None) -> int:
     p.add_argument("--quiet-wait", type=float, default=120.0,
                    help="before each frame, wait up to this many seconds for other processes to leave "
                         "the CPU idle (0: don't wait)")
+    p.add_argument("--mallopt", action="store_true",
+                   help="in the workers, keep large freed blocks as sparsemat matte and the engine do (mallopt M_MMAP_MAX=0, "
+                        "M_TRIM_THRESHOLD=2^31-1): shows what page faults on fresh allocations cost")
     p.add_argument("--fixtures", default=os.path.join(REPO, "..", "shared", "fixtures", "official"),
                    help="folder holding make_ckpt.py")
     p.add_argument("--out", default=None, help="write the Markdown report here (e.g. docs/PERFORMANCE.md)")
@@ -843,7 +877,7 @@ def main(argv=None) -> int:
             if size == "8k":
                 frames = args.frames_8k if args.frames_8k is not None else (1 if device == "cpu" else args.frames)
             cfg = {"size": size, "frames": max(1, frames), "device": device, "ckpt": ckpt, "threads": args.threads,
-                   "half": args.half, "prior_blur": args.prior_blur, "quiet_wait": args.quiet_wait,
+                   "half": args.half, "prior_blur": args.prior_blur, "quiet_wait": args.quiet_wait, "mallopt": args.mallopt,
                    "busy_limit": args.busy_limit, "retries": args.retries, "seed": args.seed, "backends": backends,
                    "compare": size in compare_sizes and bool(backends), "temporal": size in temporal_sizes,
                    "breakdown": size in breakdown_sizes}

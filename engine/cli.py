@@ -181,6 +181,7 @@ NEEDS_A_SOURCE = ("nothing to matte with: give --checkpoint PATH (or set SPARSEM
 
 
 def run_matte(args) -> int:
+    from .allocator import keep_freed_memory
     from .job import InProcessMatter, JobError, run_job
 
     job = _plan_job(args)
@@ -189,6 +190,7 @@ def run_matte(args) -> int:
     if not args.checkpoint and not args.prior:
         raise UsageError(NEEDS_A_SOURCE)
     matter = load_matter(args.checkpoint, args.device, args.max_pixels, args.backend, args.half_precision)
+    keep_freed_memory()
     try:
         summary = run_job(job, InProcessMatter(matter), progress=not args.quiet)
     except JobError as exc:

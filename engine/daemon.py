@@ -162,8 +162,10 @@ def status(address: str) -> int:
 
 
 def serve(address: str, checkpoint: str | None, device: str, memory_budget_gb: float, half: bool = False) -> int:
+    from .allocator import keep_freed_memory
     from .server import EngineConfig, run_engine
 
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     return run_engine(EngineConfig(address=address, checkpoint=checkpoint, device=device,
                                    memory_budget_bytes=int(memory_budget_gb * 2**30), half=half))
