@@ -228,8 +228,8 @@ def run_preview(args) -> int:
     """Matte the frame (after its predecessor, when there is one, for the temporal mask) and draw it."""
     import torch
 
-    from .imageio import ImageReadError, read_alpha, read_rgb
-    from .preview import contact_sheet, write_png
+    from .imageio import ImageReadError, read_alpha, read_rgb, write_rgb8
+    from .preview import contact_sheet
     from .sequence import SequenceError, find_frames, parse_pattern
 
     if not args.checkpoint and not args.prior:
@@ -261,7 +261,7 @@ def run_preview(args) -> int:
     sheet = contact_sheet(pixels.numpy(), alpha.cpu().numpy(), stats.masks.refine[0, 0].cpu().numpy() > 0, changed,
                           tile_width=args.width)
     try:
-        write_png(args.output, sheet)
+        write_rgb8(args.output, sheet)
     except OSError as exc:
         print(f"sparsemat: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

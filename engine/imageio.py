@@ -92,7 +92,7 @@ def write_alpha(path: str, alpha: np.ndarray, half: bool = False) -> None:
     PNG and TIFF: 16-bit, values clipped to [0, 1]. The file is written next to its final
     name and renamed onto it, so readers never see a partial frame. The folder must exist.
     """
-    stem, extension = os.path.splitext(os.path.basename(path))
+    extension = os.path.splitext(path)[1]
     if extension.lower() not in SUPPORTED_OUTPUTS:
         raise ValueError(
             f"cannot write '{path}': unsupported extension '{extension}' "
@@ -103,11 +103,21 @@ def write_alpha(path: str, alpha: np.ndarray, half: bool = False) -> None:
         raise ValueError(f"cannot write '{path}': alpha must be 2-D (H, W), got shape {alpha.shape}")
     if not np.isfinite(alpha).all():
         raise ValueError(f"cannot write '{path}': alpha contains NaN or infinite values")
+    _write_atomically(path, *_alpha_image(alpha, extension.lower(), half))
+
+
+def write_rgb8(path: str, pixels: np.ndarray) -> None:
+    """Write (H, W, 3) uint8 pixels (a preview, say) in the format of the extension, atomically."""
+    height, width, channels = pixels.shape
+    _write_atomically(path, oiio.ImageSpec(width, height, channels, oiio.UINT8), np.ascontiguousarray(pixels))
+
+
+def _write_atomically(path: str, spec: oiio.ImageSpec, pixels: np.ndarray) -> None:
+    """Write next to the final name, then rename onto it: readers never see a partial file."""
+    stem, extension = os.path.splitext(os.path.basename(path))
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
         raise ImageWriteError(f"cannot write '{path}': folder '{folder}' does not exist")
-
-    spec, pixels = _alpha_image(alpha, extension.lower(), half)
     # Same folder, so os.replace is an atomic rename; the real extension tells OIIO the format.
     temporary = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{extension}")
     try:

@@ -35,15 +35,3 @@ def contact_sheet(plate: np.ndarray, alpha: np.ndarray, band: np.ndarray, change
         overlay[..., 2] += 0.6 * _resize(changed.astype(np.float32), height, tile_width)
     tiles = [small, np.repeat(matte, 3, axis=2), matte * small + (1 - matte) * checker, overlay]
     return np.round(np.clip(np.concatenate(tiles, axis=1), 0, 1) * 255).astype(np.uint8)
-
-
-def write_png(path: str, pixels: np.ndarray) -> None:
-    import OpenImageIO as oiio
-
-    out = oiio.ImageOutput.create(path)
-    if out is None or not out.open(path, oiio.ImageSpec(pixels.shape[1], pixels.shape[0], 3, oiio.UINT8)):
-        raise OSError(f"cannot write {path}: {oiio.geterror()}")
-    ok = out.write_image(np.ascontiguousarray(pixels))
-    out.close()
-    if not ok:
-        raise OSError(f"cannot write {path}: {out.geterror()}")

@@ -8,6 +8,7 @@ only the main thread ever touches the ROUTER.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import queue
@@ -29,8 +30,7 @@ from .matting import MIN_PIXELS
 from .streams import StreamStore
 
 log = logging.getLogger("sparsemat.engine")
-ENGINE_VERSION = "0.1.0"
-MAX_MESSAGE_BYTES = 2 << 30  # an 8K RGBA float32 frame is 531 MB
+ENGINE_VERSION = importlib.metadata.version("sparsemat")
 _STOP = object()
 
 
@@ -85,7 +85,7 @@ class Engine:
     # ---- main thread -------------------------------------------------------------------------
     def serve(self) -> None:
         router = self._context.socket(zmq.ROUTER)
-        router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         # Frames are large: a few queued per peer is plenty, and bounds the memory a flood can take.
         router.setsockopt(zmq.RCVHWM, 16)
         router.setsockopt(zmq.SNDHWM, 16)
@@ -173,7 +173,7 @@ class Engine:
         max_pixels = self.matter.max_pixels if self.matter is not None else self.config.max_pixels
         return {"protocol": protocol.VERSION, "engine": ENGINE_VERSION, "model": self.model_name,
                 "device": self._device(), "pid": os.getpid(), "state": self.state,
-                "limits": {"max_header_bytes": protocol.MAX_HEADER_BYTES, "max_message_bytes": MAX_MESSAGE_BYTES,
+                "limits": {"max_header_bytes": protocol.MAX_HEADER_BYTES, "max_message_bytes": protocol.MAX_MESSAGE_BYTES,
                            "max_pixels": max_pixels, "dtypes": list(protocol.DTYPES),
                            "transports": list(protocol.TRANSPORTS)}}
 

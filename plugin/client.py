@@ -212,7 +212,7 @@ class EngineClient:
         if self._socket is None:
             socket = self._context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.MAXMSGSIZE, 2 << 30)
+            socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
             socket.setsockopt(zmq.SNDHWM, 16)
             socket.connect(self.address)
             self._socket = socket

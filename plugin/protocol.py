@@ -13,6 +13,7 @@ DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16, "float3
 ALPHA_DTYPES = ("float16", "float32")
 TRANSPORTS = ("inline", "shm", "file")
 MAX_HEADER_BYTES = 65536
+MAX_MESSAGE_BYTES = 2 << 30  # per ZeroMQ message; an 8K RGBA float32 frame is 531 MB
 
 
 class ProtocolError(ValueError):

@@ -122,9 +122,9 @@ DENSE_FRACTION = 0.9
 @dataclass(frozen=True)
 class Rulebook:
     """A neighbour map prepared for :func:`gather_conv`: per kernel offset ``k``, the output rows
-    it reaches (None for all) and the input rows feeding them (``n_in`` = the zero row)."""
+    it reaches (None for all) and the input rows feeding them (``n_in``, the input count, means
+    the zero row)."""
 
-    n_in: int
     n_out: int
     entries: tuple  # ((k, output rows or None, input rows), ...)
 
@@ -139,7 +139,7 @@ class Rulebook:
             elif count:
                 rows = present.nonzero().squeeze(1)
                 entries.append((k, rows, column[rows]))
-        return cls(n_in, neighbours.shape[1], tuple(entries))
+        return cls(neighbours.shape[1], tuple(entries))
 
 
 def gather_conv(features: torch.Tensor, rulebook: Rulebook, weight: torch.Tensor,
