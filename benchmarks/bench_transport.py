@@ -6,12 +6,15 @@ For each size and transport (inline over ipc, inline over tcp, shared memory, fi
 path), a real engine process mattes the same frame repeatedly. The transport cost
 of a request is the client's wall time minus the engine's own compute time (its
 reported total less its decode time), so it counts sending the pixels, decoding
-them into the engine's input, and the alpha's way back. It is set against a plain
-memory copy of the frame measured in the same run. The prior is given as fully
-opaque, so no pixel is refined and the compute part stays small and steady.
+them into the engine's input, and the alpha's way back. Each request is set against
+a plain memory copy of the frame (``np.copyto`` into a warm array) timed just before
+it. The prior is given as fully opaque, so no pixel is refined and the compute part
+stays small and steady. The round trip of an empty request shows the fixed cost of
+one request (socket and thread hand-offs), which no transport can go below.
 
 Engine overhead: the same frames through the engine against the in-process
-``Matter`` (model loaded here), as a ratio of wall times.
+``Matter`` (in a child process set up as ``sparsemat matte`` is), as a ratio of wall
+times. This process stays a plain host: no torch, the default allocator.
 """
 from __future__ import annotations
 
@@ -34,18 +37,10 @@ def plate(height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(rgb.astype(np.float32))
 
 
-def median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000.0
-
-
-def copy_ms(frame: np.ndarray, repeats: int) -> float:
-    target = np.empty_like(frame)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(target, frame)
-        samples.append(time.perf_counter() - start)
-    return median_ms(samples)
+def timed_copy_ms(frame: np.ndarray, target: np.ndarray) -> float:
+    start = time.perf_counter()
+    np.copyto(target, frame)
+    return (time.perf_counter() - start) * 1000.0
 
 
 def start_engine(address: str, checkpoint: str, runtime: str) -> None:
@@ -59,19 +54,63 @@ def stop_engine(address: str, runtime: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def transport_ms(client, frame: np.ndarray, prior: np.ndarray, repeats: int, **how) -> tuple[float, float]:
-    """(median transport ms, median round trip ms) of matte requests."""
-    transport, total = [], []
-    client.matte("bench", 0, frame if "path" not in how else None, prior=prior, temporal=False, **how)  # warm-up
+def transport_runs(client, frame: np.ndarray, prior: np.ndarray, repeats: int, **how) -> dict:
+    """Per request: transport ms, a frame copy timed just before it, and the round trip ms.
+
+    Pairing each request with its own copy keeps the ratio honest on a noisy machine:
+    both see the same moment's memory bandwidth and CPU contention."""
+    target = np.empty_like(frame)
+    image = frame if "path" not in how else None
+    client.matte("bench", 0, image, prior=prior, temporal=False, **how)  # warm-up
+    runs = {"transport": [], "copy": [], "ratio": [], "total": []}
     for index in range(repeats):
+        copy = timed_copy_ms(frame, target)
         start = time.perf_counter()
-        _, stats = client.matte("bench", index * 2 + 2, frame if "path" not in how else None, prior=prior,
-                                temporal=False, **how)
-        wall = time.perf_counter() - start
-        compute = (stats["ms"]["total"] - stats["ms"]["read"]) / 1000.0
-        transport.append(wall - compute)
-        total.append(wall)
-    return median_ms(transport), median_ms(total)
+        _, stats = client.matte("bench", index * 2 + 2, image, prior=prior, temporal=False, **how)
+        wall = (time.perf_counter() - start) * 1000.0
+        moved = wall - (stats["ms"]["total"] - stats["ms"]["read"])
+        for key, value in (("transport", moved), ("copy", copy), ("ratio", moved / copy), ("total", wall)):
+            runs[key].append(value)
+    return {key: statistics.median(values) for key, values in runs.items()}
+
+
+def empty_request_ms(client, repeats: int) -> float:
+    """Round trip of a request with no pixels through the engine's worker (a reset of an unknown stream)."""
+    samples = []
+    for _ in range(max(repeats, 20)):
+        start = time.perf_counter()
+        client.reset("no-such-stream")
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(samples)
+
+
+def in_process_ms(checkpoint: str, size: str, repeats: int) -> float:
+    """Median ms of the same frame through ``Matter`` in a child process set up as ``sparsemat matte``
+    sets itself up; this process stays a plain host (no torch, the default allocator)."""
+    result = subprocess.run([sys.executable, __file__, "--checkpoint", checkpoint, "--sizes", size,
+                             "--repeats", str(repeats), "--in-process"], check=True, capture_output=True, text=True)
+    return float(result.stdout.split()[-1])
+
+
+def run_in_process(checkpoint: str, size: str, repeats: int) -> None:
+    from sparsemat.engine.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    import torch
+
+    from sparsemat.engine.matting import Matter
+    from sparsemat.engine.model import SparseMat
+
+    height, width = SIZES[size]
+    frame, prior = torch.from_numpy(plate(height, width)), torch.ones((height // 8, width // 8))
+    matter = Matter(SparseMat.from_checkpoint(checkpoint))
+    matter.matte(frame, prior=prior)  # warm-up, as the engine's first request
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matter.matte(frame, prior=prior)
+        samples.append((time.perf_counter() - start) * 1000.0)
+    print(statistics.median(samples))
 
 
 def main() -> int:
@@ -80,59 +119,57 @@ def main() -> int:
     parser.add_argument("--sizes", default="1080p,4k")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", help="append the Markdown tables to this file")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    import torch
-
-    from sparsemat.engine.matting import Matter
-    from sparsemat.engine.model import SparseMat
-    from sparsemat.plugin.client import EngineClient
+    if args.in_process:
+        run_in_process(args.checkpoint, args.sizes, args.repeats)
+        return 0
 
     import OpenImageIO as oiio
+
+    from sparsemat.plugin.client import EngineClient
 
     runtime = tempfile.mkdtemp(prefix="sparsemat-bench-")
     os.chmod(runtime, 0o700)
     addresses = {"ipc": f"ipc://{runtime}/bench.sock", "tcp": "tcp://127.0.0.1:47311"}
     for address in addresses.values():
         start_engine(address, args.checkpoint, runtime)
-    model = SparseMat.from_checkpoint(args.checkpoint)
-    local = Matter(model)
     lines = ["| size | transport | transport ms | frame copy ms | transport / copy | round trip ms |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     overhead = ["| size | in-process ms | engine (shm) ms | engine / in-process |", "| --- | ---: | ---: | ---: |"]
+    clients = {name: EngineClient(address, timeout=60) for name, address in addresses.items()}
     try:
-        clients = {name: EngineClient(address, timeout=60) for name, address in addresses.items()}
+        empty = empty_request_ms(clients["ipc"], args.repeats)
         for size in args.sizes.split(","):
             height, width = SIZES[size]
             frame = plate(height, width)
             prior = np.ones((height // 8, width // 8), np.float32)  # fully opaque: nothing to refine
-            copy = copy_ms(frame, max(args.repeats, 5))
             path = os.path.join(runtime, f"plate_{size}.exr")
             out = oiio.ImageOutput.create(path)
             out.open(path, oiio.ImageSpec(width, height, 3, oiio.HALF))
             out.write_image(frame)
             out.close()
             runs = {
-                "inline, ipc": transport_ms(clients["ipc"], frame, prior, args.repeats),
-                "inline, tcp": transport_ms(clients["tcp"], frame, prior, args.repeats),
-                "shared memory": transport_ms(clients["ipc"], frame, prior, args.repeats, transport="shm"),
-                "file path (EXR half)": transport_ms(clients["ipc"], frame, prior, args.repeats, path=path,
-                                                     colourspace="srgb"),
+                "inline, ipc": transport_runs(clients["ipc"], frame, prior, args.repeats),
+                "inline, tcp": transport_runs(clients["tcp"], frame, prior, args.repeats),
+                "shared memory": transport_runs(clients["ipc"], frame, prior, args.repeats, transport="shm"),
+                "file path (EXR half)": transport_runs(clients["ipc"], frame, prior, args.repeats, path=path,
+                                                       colourspace="srgb"),
             }
-            for name, (moved, total) in runs.items():
-                lines.append(f"| {size} | {name} | {moved:.1f} | {copy:.1f} | {moved / copy:.1f} | {total:.0f} |")
-            samples = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                local.matte(torch.from_numpy(frame), prior=torch.from_numpy(prior))
-                samples.append(time.perf_counter() - start)
-            in_process = median_ms(samples)
-            engine_total = runs["shared memory"][1]
+            for name, run in runs.items():
+                lines.append(f"| {size} | {name} | {run['transport']:.1f} | {run['copy']:.1f} | {run['ratio']:.1f} "
+                             f"| {run['total']:.0f} |")
+            in_process = in_process_ms(args.checkpoint, size, args.repeats)
+            engine_total = runs["shared memory"]["total"]
             overhead.append(f"| {size} | {in_process:.0f} | {engine_total:.0f} | {engine_total / in_process:.2f} |")
     finally:
+        for client in clients.values():
+            client.close()
         for address in addresses.values():
             stop_engine(address, runtime)
-    text = ("### Transports (median of {} requests, one run)\n\n".format(args.repeats) + "\n".join(lines) +
+    text = (f"### Transports (medians of {args.repeats} requests, one run; transport / copy is the median of "
+            f"each request's ratio to a copy timed just before it)\n\n" + "\n".join(lines) +
+            f"\n\nAn empty request (no pixels, through the engine's worker and back): {empty:.2f} ms.\n" +
             "\n\n### Engine overhead per frame (shared memory, same frame)\n\n" + "\n".join(overhead) + "\n")
     print(text)
     if args.out:

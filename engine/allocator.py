@@ -14,13 +14,19 @@ import ctypes.util
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 
 
 def keep_freed_memory() -> bool:
-    """glibc only (elsewhere a no-op returning False): large blocks from the heap, no trimming."""
+    """glibc only (elsewhere a no-op returning False): large blocks from the heap, no trimming.
+
+    Call it before starting threads. Every thread then allocates from the one main heap: a
+    thread's own arena cannot hold a block over 64 MiB and maps each one afresh (the engine's
+    worker and read-ahead threads did, and kept paying the page faults)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(mallopt(option, value) for option, value in
+               ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))

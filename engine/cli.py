@@ -189,8 +189,8 @@ def run_matte(args) -> int:
         return _run_matte_remote(args, job)
     if not args.checkpoint and not args.prior:
         raise UsageError(NEEDS_A_SOURCE)
+    keep_freed_memory()  # before torch starts its threads
     matter = load_matter(args.checkpoint, args.device, args.max_pixels, args.backend, args.half_precision)
-    keep_freed_memory()
     try:
         summary = run_job(job, InProcessMatter(matter), progress=not args.quiet)
     except JobError as exc:

@@ -21,6 +21,9 @@ from collections.abc import Callable
 import numpy as np
 import OpenImageIO as oiio
 import PyOpenColorIO as ocio
+import torch
+
+from .matting import non_finite_values
 
 SUPPORTED_OUTPUTS = (".exr", ".png", ".tif", ".tiff")
 
@@ -70,7 +73,7 @@ def display_rgb(pixels: np.ndarray, colourspace: str = "srgb") -> np.ndarray:
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or pixels.dtype != np.float32:
         raise ValueError(f"pixels must be float32 (H, W, 1|3), got {pixels.dtype} {pixels.shape}")
     encode = _display_encoder(colourspace)
-    _check_finite("pixels", pixels)
+    check_finite("pixels", pixels)
     return _to_display_rgb(pixels, encode)
 
 
@@ -156,7 +159,7 @@ def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]]) -> 
     # Picking channels by index yields a non-contiguous array; OCIO needs a packed one.
     pixels = np.ascontiguousarray(pixels[..., [channel - first for channel in channels]])
     pixels = _in_display_window(pixels, spec)
-    _check_finite(path, pixels)
+    check_finite(path, pixels)
     return pixels
 
 
@@ -195,18 +198,17 @@ def _in_display_window(pixels: np.ndarray, spec: oiio.ImageSpec) -> np.ndarray:
     return frame
 
 
-def _check_finite(path: str, pixels: np.ndarray) -> None:
-    # One summing pass: NaN and infinity reach the sum, so a finite sum means finite pixels.
-    # A non-finite sum (a bad pixel, or huge values overflowing) takes the exact check below.
-    with np.errstate(over="ignore"):
-        if np.isfinite(pixels.sum()):
-            return
-    bad = ~np.isfinite(pixels)
-    if not bad.any():
+def check_finite(name: str, pixels: np.ndarray) -> None:
+    """Raise ImageReadError naming the first NaN/infinite value of (H, W) or (H, W, C) ``pixels``."""
+    # One summing pass (torch's: threaded, about twice numpy's speed): NaN and infinity reach the
+    # sum, so a finite sum means finite pixels. A non-finite sum (a bad pixel, or huge values
+    # overflowing) takes the exact count.
+    tensor = torch.from_numpy(pixels)
+    if torch.isfinite(tensor.sum()):
         return
-    # Row-major order, so the first bad pixel is the top-most, then left-most one.
-    y, x = divmod(int(np.argmax(bad.any(axis=2))), pixels.shape[1])
-    raise ImageReadError(f"'{path}' contains {int(bad.sum())} NaN/infinite pixel values (first at x={x}, y={y})")
+    bad = non_finite_values(tensor)
+    if bad is not None:
+        raise ImageReadError(f"'{name}' contains {bad}")
 
 
 def _display_encoder(colourspace: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -76,9 +76,42 @@ def prior_input_size(height: int, width: int) -> tuple[int, int]:
             math.ceil(PRIOR_SHORT_SIDE / short * width / 32) * 32)
 
 
+class FrameError(ValueError):
+    """The frame cannot be matted: it holds NaN or infinite values."""
+
+
+def non_finite_values(pixels: torch.Tensor) -> str | None:
+    """'N NaN/infinite pixel values (first at x=X, y=Y)' for (H, W) or (H, W, C) ``pixels``; None if all are finite."""
+    bad = ~torch.isfinite(pixels)
+    count = int(bad.sum())
+    if count == 0:
+        return None
+    if bad.dim() == 3:
+        bad = bad.any(dim=2)
+    # Row-major order, so the first bad pixel is the top-most, then left-most one.
+    y, x = divmod(int(torch.argmax(bad.flatten().to(torch.uint8))), bad.shape[1])
+    return f"{count} NaN/infinite pixel values (first at x={x}, y={y})"
+
+
 def normalize(frame_rgb: torch.Tensor) -> torch.Tensor:
-    """(H, W, 3) RGB in [0, 1], display-encoded -> (1, 3, H, W) BGR in [-1, 1], as the model was trained."""
-    return ((frame_rgb.flip(-1) - 0.5) / 0.5).permute(2, 0, 1).unsqueeze(0).contiguous()
+    """(H, W, 3) float32 RGB, display-encoded -> (1, 3, H, W) BGR in [-1, 1], as the model was trained:
+    (x - 0.5) / 0.5 of x clipped to [0, 1], computed as 2x - 1 (the same float32 values).
+
+    The frame is read once and never written: it may be a view of a caller's buffer (the
+    engine's shared memory). The range pass that decides whether to clip also rejects NaN and
+    infinity, so validating the frame costs no pass of its own. Raises FrameError."""
+    height, width = frame_rgb.shape[:2]
+    image = torch.empty((1, 3, height, width), dtype=torch.float32, device=frame_rgb.device)
+    minus_one = torch.tensor(-1.0, device=frame_rgb.device)
+    planes = frame_rgb.permute(2, 0, 1)
+    for channel in range(3):  # one plane at a time: much faster than a flip and a strided permute copy
+        torch.add(minus_one, planes[2 - channel], alpha=2.0, out=image[0, channel])
+    low, high = (value.item() for value in torch.aminmax(image))  # NaN reaches both
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise FrameError(f"the frame has {non_finite_values(frame_rgb)}")
+    if low < -1.0 or high > 1.0:
+        image.clamp_(-1.0, 1.0)
+    return image
 
 
 class Matter:
@@ -112,7 +145,8 @@ class Matter:
     @torch.no_grad()
     def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None, prior: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, MatteState, FrameStats]:
-        """``frame_rgb``: (H, W, 3) float RGB in [0, 1], display-encoded. Returns alpha (H, W) float32.
+        """``frame_rgb``: (H, W, 3) float RGB, display-encoded; values outside [0, 1] are clipped, NaN or
+        infinity raise FrameError. It is only read, never kept. Returns alpha (H, W) float32.
 
         ``prior``: an optional coarse alpha (h, w) at any resolution; it replaces the prior
         network's alpha (band and refiner input), the network still supplies the context.
@@ -145,7 +179,7 @@ class Matter:
             with self._stage(stats, "refine"):
                 if self.model is None:
                     stats.mode = "guided"
-                    rgb = frame_rgb.to(self.device, torch.float32).permute(2, 0, 1)[None]
+                    rgb = frame_rgb.to(self.device, torch.float32).clamp(0, 1).permute(2, 0, 1)[None]
                     refined = refine_band(rgb, prior, masks.refine)
                 else:
                     refined = self._refine(image, prior, masks.refine, context)

@@ -25,8 +25,8 @@ import zmq
 from sparsemat.plugin import protocol
 from sparsemat.plugin.protocol import ProtocolError
 
-from .imageio import ImageReadError, display_rgb, read_alpha, read_rgb
-from .matting import MIN_PIXELS
+from .imageio import ImageReadError, check_finite, display_rgb, read_alpha, read_rgb
+from .matting import MIN_PIXELS, FrameError
 from .streams import StreamStore
 
 log = logging.getLogger("sparsemat.engine")
@@ -302,8 +302,14 @@ class Engine:
         read_ms = (time.perf_counter() - start) * 1000.0
         previous = self.streams.previous_state(stream, request["frame"], request["temporal"], request["keyframe_interval"])
         matter = self.matter.with_budget(request["max_pixels"])
-        alpha, state, stats = matter.matte(torch.from_numpy(frame_rgb), previous,
-                                                prior=None if prior is None else torch.from_numpy(prior))
+        try:
+            alpha, state, stats = matter.matte(torch.from_numpy(frame_rgb), previous,
+                                               prior=None if prior is None else torch.from_numpy(prior))
+        except FrameError as exc:
+            raise ProtocolError("bad_pixels", str(exc)) from exc
+        # Kept even when this frame did not reuse: the next one may. Inside the frame's total:
+        # replacing the previous state frees its frame and alpha, as an in-process loop does.
+        self.streams.record(request["stream"], request["frame"], state)
         alpha = alpha.cpu().numpy().astype(protocol.DTYPES[request["alpha_dtype"]], copy=False)
         self.frames_served += 1
         header = {"id": request_id, "ok": True, "stream": request["stream"], "frame": request["frame"],
@@ -320,29 +326,35 @@ class Engine:
             reply = [protocol.pack(header)]
         else:
             reply = [protocol.pack(header), alpha]  # sent from the array's own buffer
-        # Kept even when this frame did not reuse: the next one may.
-        self.streams.record(request["stream"], request["frame"], state, (request_id, header, reply, write_alpha))
+        stream.last_reply = (request_id, header, reply, write_alpha)
         return reply
 
     def _shm_writer(self, image: dict, offset: int, alpha: np.ndarray):
         """A function writing ``alpha`` into the client's block at ``offset`` (again, for a retry)."""
+        import torch
+
         def write() -> None:
             def copy(buffer) -> None:
-                np.frombuffer(buffer, dtype=alpha.dtype, count=alpha.size, offset=offset)[:] = alpha.reshape(-1)
+                target = np.frombuffer(buffer, dtype=alpha.dtype, count=alpha.size, offset=offset)
+                torch.from_numpy(target).copy_(torch.from_numpy(alpha.reshape(-1)))  # threaded, unlike numpy's
             self._blocks.read(image["shm"], offset + alpha.nbytes, copy)
         return write
 
 
 def _raw_pixels(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
-    """The block's pixels as an owned float32 (H, W, 1 or 3) array, integers scaled to [0, 1]:
-    one pass from the message (or shared memory) buffer, converting as it copies."""
+    """The block's pixels as float32 (H, W, 1 or 3). Float32 pixels are a view of the message or
+    shared-memory buffer, not a copy: the engine only reads them, and only while it answers
+    this request. Other types take one converting pass, integers scaled to [0, 1]."""
     height, width, channels = source["shape"]
     dtype = protocol.DTYPES[source["dtype"]]
 
     def convert(buffer) -> np.ndarray:
         raw = np.frombuffer(buffer, dtype=dtype, count=height * width * channels).reshape(height, width, channels)
-        pixels = np.empty((height, width, min(channels, 3)), np.float32)
-        np.copyto(pixels, raw[..., : pixels.shape[2]], casting="unsafe")
+        raw = raw[..., : min(channels, 3)]  # an alpha channel is ignored
+        if dtype == np.float32:
+            return raw
+        pixels = np.empty(raw.shape, np.float32)
+        np.copyto(pixels, raw, casting="unsafe")
         if np.issubdtype(dtype, np.integer):
             pixels *= np.float32(1.0 / np.iinfo(dtype).max)
         return pixels
@@ -393,10 +405,17 @@ class SharedMemoryBlocks:
 
 
 def _load_image(source: dict, colourspace: str | None, blocks: SharedMemoryBlocks) -> np.ndarray:
+    """(H, W, 3) float32 display-encoded RGB. sRGB pixels are passed on as they are (a view, for
+    float32): Matter clips them and rejects NaN/infinity as it normalizes, in passes it makes anyway."""
     try:
         if source["transport"] == "file":
             return read_rgb(source["path"], colourspace)
-        return display_rgb(_raw_pixels(source, blocks), colourspace or "srgb")
+        pixels = _raw_pixels(source, blocks)
+        colourspace = colourspace or "srgb"
+        if colourspace.lower() == "srgb" and pixels.shape[2] == 3:
+            return pixels
+        # display_rgb works in place: never in the client's buffer.
+        return display_rgb(pixels if pixels.flags.owndata else pixels.copy(), colourspace)
     except ImageReadError as exc:
         raise ProtocolError("bad_pixels", str(exc)) from exc
     except ValueError as exc:  # an unknown colourspace
@@ -405,12 +424,13 @@ def _load_image(source: dict, colourspace: str | None, blocks: SharedMemoryBlock
 
 def _load_prior(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
     try:
-        prior = read_alpha(source["path"]) if source["transport"] == "file" else _raw_pixels(source, blocks)[..., 0]
+        if source["transport"] == "file":
+            return read_alpha(source["path"])
+        prior = _raw_pixels(source, blocks)[..., 0]
+        check_finite("prior", prior)
     except ImageReadError as exc:
         raise ProtocolError("bad_pixels", str(exc)) from exc
-    if not np.isfinite(prior).all():
-        raise ProtocolError("bad_pixels", "prior: NaN or infinite values")
-    return np.ascontiguousarray(prior)
+    return prior
 
 
 def run_engine(config: EngineConfig) -> int:

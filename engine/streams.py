@@ -62,9 +62,10 @@ class StreamStore:
             return None
         return stream.state
 
-    def record(self, stream_id: str, frame: int, state: MatteState | None, reply: tuple) -> None:
+    def record(self, stream_id: str, frame: int, state: MatteState | None) -> None:
+        """Keep ``state`` as the stream's latest; the reply to this frame is set by the caller once built."""
         stream = self.get(stream_id)
-        stream.frame, stream.state, stream.last_reply = frame, state, reply
+        stream.frame, stream.state, stream.last_reply = frame, state, None
         self.evict(keep=stream_id)
 
     def reset(self, stream_id: str) -> bool:

@@ -12,6 +12,7 @@ the engine answers a repeated id from its cache instead of computing twice.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import subprocess
 import threading
@@ -25,6 +26,7 @@ import zmq
 from . import protocol
 
 _DTYPE_NAMES = {np.dtype(v): k for k, v in protocol.DTYPES.items()}
+log = logging.getLogger("sparsemat.plugin")
 
 
 class EngineError(RuntimeError):
@@ -50,6 +52,26 @@ def start_command(checkpoint: str, device: str = "auto", command: Sequence[str] 
     return start
 
 
+def _reserved_shared_memory(size: int) -> shared_memory.SharedMemory:
+    """A new block with every page backed now. tmpfs hands pages out on first write, and a write
+    past a full /dev/shm kills the process with SIGBUS (a container's /dev/shm is often 64 MiB):
+    reserving turns that into an OSError here. Raises OSError."""
+    block = shared_memory.SharedMemory(create=True, size=size)
+    path = os.path.join("/dev/shm", block.name.lstrip("/"))
+    if hasattr(os, "posix_fallocate") and os.path.exists(path):
+        try:
+            descriptor = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(descriptor, 0, size)
+            finally:
+                os.close(descriptor)
+        except OSError:
+            block.close()
+            block.unlink()
+            raise
+    return block
+
+
 class EngineClient:
     """A connection to one engine. Thread-safe: requests from several threads are serialized."""
 
@@ -66,6 +88,7 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid()}-{id(self):x}"
         self._shm: shared_memory.SharedMemory | None = None
+        self._shm_refused: int | None = None  # the smallest block size the system refused
         self._alpha_offset = 0
 
     # ---- operations ----------------------------------------------------------------------------
@@ -87,7 +110,9 @@ class EngineClient:
               temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
               max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
         """Alpha (H, W, read-only) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
-        C in 1, 3, 4, sent ``inline`` or through ``shm``; or ``path`` of a file the engine reads.
+        C in 1, 3, 4, sent ``inline`` or through ``shm`` (shared memory, for an engine on this machine;
+        inline, with a logged warning, when the system has no room for the block); or ``path`` of a
+        file the engine reads.
         The optional coarse alpha: ``prior`` (an array, sent inline) or ``prior_path`` (a file)."""
         header = {"op": "matte", "stream": stream, "frame": int(frame), "temporal": temporal,
                   "keyframe_interval": keyframe_interval, "alpha_dtype": alpha_dtype}
@@ -104,7 +129,7 @@ class EngineClient:
                 header["image"] = {"transport": "file", "path": os.path.abspath(path)}
             else:
                 header["image"] = self._pixel_block(image, transport, payload)
-                if transport == "shm":
+                if header["image"]["transport"] == "shm":
                     header["alpha_shm_offset"] = self._alpha_offset
             if prior_path is not None:
                 header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
@@ -123,10 +148,7 @@ class EngineClient:
     def close(self) -> None:
         with self._lock:
             self._drop_socket()
-            if self._shm is not None:
-                self._shm.close()
-                self._shm.unlink()
-                self._shm = None
+            self._drop_shared_memory()
 
     def __enter__(self):
         return self
@@ -146,24 +168,40 @@ class EngineClient:
             payload.append(memoryview(pixels).cast("B"))
             block["frame"] = len(payload)
         elif transport == "shm":
-            block["shm"] = self._copy_to_shared_memory(pixels)
+            name = self._copy_to_shared_memory(pixels)
+            if name is None:
+                return self._pixel_block(pixels, "inline", payload)
+            block["shm"] = name
         else:
             raise ValueError(f"transport must be 'inline' or 'shm' for pixels, got {transport!r}")
         return block
 
-    def _copy_to_shared_memory(self, pixels: np.ndarray) -> str:
+    def _copy_to_shared_memory(self, pixels: np.ndarray) -> str | None:
         """One block per client, grown as needed and reused: the frame from offset 0, then room for
         a float32 alpha (the engine writes it there, so the reply carries no pixels). The frame
-        region is never written by the engine, so a retried request still finds its frame."""
+        region is never written by the engine, so a retried request still finds its frame.
+        None when no block that large can be had: the caller sends the pixels inline instead."""
         self._alpha_offset = -(-pixels.nbytes // 64) * 64
         size = self._alpha_offset + pixels.shape[0] * pixels.shape[1] * 4
         if self._shm is None or self._shm.size < size:
-            if self._shm is not None:
-                self._shm.close()
-                self._shm.unlink()
-            self._shm = shared_memory.SharedMemory(create=True, size=size)
+            if self._shm_refused is not None and size >= self._shm_refused:
+                return None
+            self._drop_shared_memory()
+            try:
+                self._shm = _reserved_shared_memory(size)
+            except OSError as exc:
+                self._shm_refused = size
+                log.warning("shared memory: no block of %d bytes (%s); sending frames this large inline",
+                            size, exc.strerror or exc)
+                return None
         np.frombuffer(self._shm.buf, dtype=pixels.dtype, count=pixels.size)[:] = pixels.reshape(-1)
         return self._shm.name
+
+    def _drop_shared_memory(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
+            self._shm.unlink()
+            self._shm = None
 
     # ---- the Lazy Pirate loop ------------------------------------------------------------------
     def _request(self, header: dict, payload: list | None = None, retries: int | None = None):

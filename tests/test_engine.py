@@ -1,6 +1,7 @@
 """The engine daemon against real processes on real ZeroMQ sockets."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -322,3 +323,48 @@ def test_a_shared_memory_name_reused_for_a_new_block_is_read_afresh(engine, refe
         block.unlink()
     assert msgpack.unpackb(header)["ok"]
     assert np.array_equal(np.frombuffer(alpha, dtype=np.float32).reshape(expected.shape), expected)
+
+
+SMALL_SHM_CLIENT = """
+import json, subprocess, sys, time
+import numpy as np
+from sparsemat.plugin.client import EngineClient
+address, checkpoint = sys.argv[1], sys.argv[2]
+engine = subprocess.Popen(["sparsemat", "engine", "serve", "--address", address, "--checkpoint", checkpoint,
+                           "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    client = EngineClient(address, timeout=60)
+    frame = np.random.default_rng(0).random((512, 512, 3), dtype=np.float32)  # 3 MiB: more than /dev/shm holds
+    small = np.ascontiguousarray(frame[:48, :64])
+    results = {}
+    for name, pixels in (("small", small), ("large", frame)):
+        inline = client.matte(name + "-inline", 1, pixels)[0]
+        shared = client.matte(name + "-shm", 1, pixels, transport="shm")[0]
+        results[name] = bool(np.array_equal(inline, shared))
+    client.shutdown()
+    client.close()
+    print(json.dumps(results))
+finally:
+    engine.wait(timeout=60)
+"""
+
+
+def test_a_full_dev_shm_falls_back_to_inline_instead_of_crashing(seed1_checkpoint, tmp_path):
+    """Writing past a full /dev/shm is a SIGBUS that would take the host (Nuke) down with it; a container's
+    /dev/shm is often 64 MiB, less than one 4K float frame. Run in a private mount namespace with 2 MiB."""
+    mount = "mount -t tmpfs -o size=2m tmpfs /dev/shm"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && echo ok"], capture_output=True, text=True)
+    if probe.stdout.strip() != "ok":
+        pytest.skip(f"cannot mount a small /dev/shm here (needs root and unshare): {probe.stderr.strip()}")
+    script = tmp_path / "client.py"
+    script.write_text(SMALL_SHM_CLIENT)
+    address = f"ipc://{tmp_path}/engine.sock"
+    try:
+        result = subprocess.run(["unshare", "-m", "sh", "-c", f'{mount} && exec "$0" "$@"', sys.executable,
+                                 str(script), address, str(seed1_checkpoint)], capture_output=True, text=True,
+                                timeout=300, env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)})
+    finally:  # a client that crashed leaves its engine behind
+        stop_engine(address, tmp_path)
+    assert result.returncode == 0, f"client exited {result.returncode}: {result.stderr[-2000:]}"
+    assert json.loads(result.stdout.splitlines()[-1]) == {"small": True, "large": True}
+    assert "sending frames this large inline" in result.stderr
