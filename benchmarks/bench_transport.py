@@ -157,7 +157,7 @@ def main() -> int:
                                                        colourspace="srgb"),
             }
             for name, run in runs.items():
-                lines.append(f"| {size} | {name} | {run['transport']:.1f} | {run['copy']:.1f} | {run['ratio']:.1f} "
+                lines.append(f"| {size} | {name} | {run['transport']:.1f} | {run['copy']:.1f} | {run['ratio']:.2f} "
                              f"| {run['total']:.0f} |")
             in_process = in_process_ms(args.checkpoint, size, args.repeats)
             engine_total = runs["shared memory"]["total"]

@@ -26,6 +26,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsemat", description="Full-resolution alpha mattes with SparseMat.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -79,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--memory-budget", type=float, default=4.0, metavar="GB",
                                 help="memory for per-stream temporal state; least recently used streams are evicted")
             action.add_argument("--half-precision", action="store_true", help="run the network in float16 (CUDA only)")
+            action.add_argument("--exit-when-idle", type=_seconds, default=0.0, metavar="SECONDS",
+                                help="stop after this long without a matte or reset request (default 0: never); "
+                                     "for engines whose owner may die without stopping them, like farm sessions")
         action.set_defaults(run=run_engine_command)
 
     preview = commands.add_parser(
@@ -110,9 +120,11 @@ def run_engine_command(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if args.action == "start":
-        return daemon.start(address, args.checkpoint, args.device, args.memory_budget, args.half_precision)
+        return daemon.start(address, args.checkpoint, args.device, args.memory_budget, args.half_precision,
+                            args.exit_when_idle)
     if args.action == "serve":
-        return daemon.serve(address, args.checkpoint, args.device, args.memory_budget, args.half_precision)
+        return daemon.serve(address, args.checkpoint, args.device, args.memory_budget, args.half_precision,
+                            args.exit_when_idle)
     if args.action == "stop":
         return daemon.stop(address)
     return daemon.status(address)

@@ -76,7 +76,7 @@ def _log_tail(path: str, lines: int = 5) -> str:
 
 
 def start(address: str, checkpoint: str | None, device: str, memory_budget_gb: float, half: bool = False,
-          wait_s: float = 600.0) -> int:
+          exit_when_idle_s: float = 0.0, wait_s: float = 600.0) -> int:
     running = _probe(address)
     if running is not None:
         print(f"engine already running at {address} (pid {running['pid']})")
@@ -88,6 +88,8 @@ def start(address: str, checkpoint: str | None, device: str, memory_budget_gb: f
         command += ["--checkpoint", os.path.abspath(checkpoint)]
     if half:
         command.append("--half-precision")
+    if exit_when_idle_s:
+        command += ["--exit-when-idle", str(exit_when_idle_s)]
     with open(log_file, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     with open(pid_file, "w") as handle:
@@ -161,11 +163,13 @@ def status(address: str) -> int:
     return 0
 
 
-def serve(address: str, checkpoint: str | None, device: str, memory_budget_gb: float, half: bool = False) -> int:
+def serve(address: str, checkpoint: str | None, device: str, memory_budget_gb: float, half: bool = False,
+          exit_when_idle_s: float = 0.0) -> int:
     from .allocator import keep_freed_memory
     from .server import EngineConfig, run_engine
 
     keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     return run_engine(EngineConfig(address=address, checkpoint=checkpoint, device=device,
-                                   memory_budget_bytes=int(memory_budget_gb * 2**30), half=half))
+                                   memory_budget_bytes=int(memory_budget_gb * 2**30), half=half,
+                                   exit_when_idle_s=exit_when_idle_s))

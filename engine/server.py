@@ -40,7 +40,8 @@ class EngineConfig:
     checkpoint: str | None  # None: the weight-free guided refiner
     device: str = "auto"
     memory_budget_bytes: int = 4 << 30
-    idle_timeout_s: float = 900.0
+    idle_timeout_s: float = 900.0  # a stream unused this long is evicted
+    exit_when_idle_s: float = 0.0  # stop after this long with no work (0: never); see --exit-when-idle
     max_pixels: int | None = None
     half: bool = False
 
@@ -77,6 +78,7 @@ class Engine:
         self.busy = False
         self.draining = False
         self._pending = 0  # requests queued for the worker and not yet answered (main thread only)
+        self._last_work = time.monotonic()  # when a matte or reset was last queued or answered (main thread only)
         self._jobs: queue.Queue = queue.Queue()
         self._context = zmq.Context()
         self._outbox: queue.Queue = queue.Queue()
@@ -109,13 +111,16 @@ class Engine:
                     identity, frames = self._outbox.get()
                     router.send_multipart([identity, *frames], copy=False)
                     self._pending -= 1
+                    self._last_work = time.monotonic()
                 if router in events:
                     frames = router.recv_multipart(copy=False)
                     reply = self._receive(frames[0].bytes, frames[1:])
                     if reply is None:
                         self._pending += 1
+                        self._last_work = time.monotonic()
                     else:
                         router.send_multipart([frames[0].bytes, *reply], copy=False)
+                self._stop_when_idle()
                 if self.draining and self._pending == 0:
                     break
         finally:
@@ -129,6 +134,15 @@ class Engine:
     def stop(self) -> None:
         """Finish what is queued, take nothing new, then return from serve() (signal-safe)."""
         self.draining = True
+
+    def _stop_when_idle(self) -> None:
+        """An engine whose owner died without stopping it (a killed farm session) must not hold
+        the GPU for ever: with ``exit_when_idle_s``, no matte or reset for that long stops it.
+        ``status`` and ``hello`` are not work: monitoring does not keep an engine alive."""
+        limit = self.config.exit_when_idle_s
+        if limit > 0 and not self.draining and self._pending == 0 and time.monotonic() - self._last_work > limit:
+            log.info("no work for %.0f s: stopping (exit when idle)", limit)
+            self.stop()
 
     def _receive(self, identity: bytes, frames: list) -> list | None:
         """Reply frames for what can be answered now; None when the worker will answer."""

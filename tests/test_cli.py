@@ -52,6 +52,12 @@ def test_missing_checkpoint_says_what_is_needed(clip, tmp_path):
     assert "--checkpoint PATH (or set SPARSEMAT_CHECKPOINT)" in result.stderr and "--prior PATTERN" in result.stderr
 
 
+@pytest.mark.parametrize("seconds", ["-1", "inf", "soon"])
+def test_exit_when_idle_must_be_seconds(seconds):
+    result = run_cli("engine", "serve", "--exit-when-idle", seconds)
+    assert result.returncode == 2 and "--exit-when-idle" in result.stderr
+
+
 def test_corrupt_checkpoint_names_the_file(clip, tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")

@@ -294,6 +294,34 @@ def test_sigterm_finishes_the_request_in_flight(runtime, seed1_checkpoint, refer
         pytest.fail("the engine did not exit after SIGTERM")
 
 
+def test_exit_when_idle_stops_an_engine_nobody_uses(runtime, seed1_checkpoint, reference, tmp_path):
+    address = f"ipc://{tmp_path}/idle.sock"
+    pid = start_engine(address, seed1_checkpoint, runtime, "--exit-when-idle", "3")
+    client = EngineClient(address, timeout=2.0, retries=0)
+    frame = frames_of(reference, 1)[0]
+    for index in range(4):  # work every 1.5 s, for longer than the limit in all: it stays up
+        client.matte("idle", index, frame)
+        time.sleep(1.5)
+    last_work = time.monotonic()
+    statuses = 0
+    while time.monotonic() - last_work < 30:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        try:
+            client.status()  # monitoring is not work: it must not keep the engine alive
+            statuses += 1
+        except EngineUnavailable:
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail("the engine was still running 30 s after its last request")
+    client.close()
+    idle = time.monotonic() - last_work
+    assert 3.0 <= idle < 15.0 and statuses >= 3, f"exited after {idle:.1f} s idle, {statuses} statuses answered"
+
+
 def test_plugin_never_imports_torch():
     code = ("import sys; import sparsemat.plugin, sparsemat.plugin.client, sparsemat.plugin.protocol; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
