@@ -134,10 +134,17 @@ def test_bad_requests_get_error_replies_and_the_engine_survives(engine, frames, 
     assert EngineClient(engine[0]).status()["pid"] == engine[1]
 
 
-def test_client_raises_engine_errors_with_code(engine):
-    with pytest.raises(EngineError, match="NaN") as caught:
-        EngineClient(engine[0]).matte("s", 1, np.full((8, 8, 3), np.inf, np.float32))
+@pytest.mark.parametrize("transport", ["inline", "shm"])
+def test_client_raises_engine_errors_with_code(engine, transport):
+    frame = np.zeros((16, 24, 3), np.float32)
+    frame[5, 9, 1] = np.inf
+    client = EngineClient(engine[0])
+    with pytest.raises(EngineError, match=r"1 NaN/infinite pixel values \(first at x=9, y=5\)") as caught:
+        client.matte("s", 1, frame, transport=transport)
     assert caught.value.code == "bad_pixels"
+    frame[5, 9, 1] = 0.5
+    assert client.matte("s", 1, frame, transport=transport)[0].shape == (16, 24)
+    client.close()
 
 
 # ---- transports, retries, temporal rules ------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparsemat.engine.matting import Matter, prior_input_size
+from sparsemat.engine.matting import FrameError, Matter, normalize, prior_input_size
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,27 @@ def test_dilate_and_box_sum_equal_the_published_pooling_and_convolution(shape):
     assert torch.equal(dilate(mask), F.max_pool2d(mask, 15, stride=1, padding=7))
     values = torch.rand(1, 1, *shape, generator=generator)
     torch.testing.assert_close(box_sum(values).float(), F.conv2d(values, torch.ones(1, 1, 9, 9), padding=4))
+
+
+def test_normalize_is_the_published_formula_on_the_clipped_frame(frames):
+    frame = frames[0] * 1.6 - 0.3  # values on both sides of [0, 1]
+    published = ((frame.clamp(0, 1).flip(-1) - 0.5) / 0.5).permute(2, 0, 1).unsqueeze(0)
+    assert torch.equal(normalize(frame), published)
+    inside = frames[1]
+    assert torch.equal(normalize(inside), ((inside.flip(-1) - 0.5) / 0.5).permute(2, 0, 1).unsqueeze(0))
+
+
+def test_normalize_only_reads_the_frame(frames):
+    frame = frames[0] * 2.0
+    before = frame.clone()
+    normalize(frame)
+    assert torch.equal(frame, before)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_frame_with_nan_or_infinity_is_refused_with_its_first_bad_pixel(seed1_model, frames, bad):
+    frame = frames[0].clone()
+    frame[7, 11, 2] = bad
+    frame[9, 3, 0] = bad
+    with pytest.raises(FrameError, match=r"2 NaN/infinite pixel values \(first at x=11, y=7\)"):
+        Matter(seed1_model).matte(frame)
