@@ -311,8 +311,10 @@ class Engine:
         if self.matter.model is None and request["prior"] is None:
             raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior'")
         start = time.perf_counter()
-        frame_rgb = _load_image(request["image"], request["colourspace"], self._blocks)
+        # The image last: its pixels may be a view of a block, which must stay mapped until the
+        # frame is normalized, so no other block is opened (or evicted) in between.
         prior = None if request["prior"] is None else _load_prior(request["prior"], self._blocks)
+        frame_rgb = _load_image(request["image"], request["colourspace"], self._blocks)
         read_ms = (time.perf_counter() - start) * 1000.0
         previous = self.streams.previous_state(stream, request["frame"], request["temporal"], request["keyframe_interval"])
         matter = self.matter.with_budget(request["max_pixels"])
@@ -383,7 +385,8 @@ class SharedMemoryBlocks:
 
     Attaching maps the block anew and every page then faults on first touch, which cost more
     than the copy itself; clients reuse one block, so the mapping is kept. A block is known by
-    its name and inode, so a name reused for a new block is attached afresh."""
+    its name and inode, so a name reused for a new block is attached afresh, and so is a block
+    whose size changed. A view from ``read`` is valid until the next ``read`` or ``close``."""
 
     def __init__(self, keep: int = 8):
         self.keep = keep
@@ -394,8 +397,13 @@ class SharedMemoryBlocks:
         from multiprocessing import resource_tracker, shared_memory
 
         try:
-            key = (name, os.stat(os.path.join("/dev/shm", name.lstrip("/"))).st_ino)
+            info = os.stat(os.path.join("/dev/shm", name.lstrip("/")))
+            key = (name, info.st_ino)
             block = self._blocks.pop(key, None)
+            if block is not None and block.size != info.st_size:
+                # Resized since it was mapped: reading past a shrunk block's end is a SIGBUS.
+                block.close()
+                block = None
             fresh = block is None
             if fresh:
                 block = shared_memory.SharedMemory(name=name, create=False)
@@ -432,6 +440,8 @@ def _load_image(source: dict, colourspace: str | None, blocks: SharedMemoryBlock
         return display_rgb(pixels if pixels.flags.owndata else pixels.copy(), colourspace)
     except ImageReadError as exc:
         raise ProtocolError("bad_pixels", str(exc)) from exc
+    except ProtocolError:  # a ValueError too, with its own code
+        raise
     except ValueError as exc:  # an unknown colourspace
         raise ProtocolError("bad_request", str(exc)) from exc
 
@@ -440,7 +450,7 @@ def _load_prior(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
     try:
         if source["transport"] == "file":
             return read_alpha(source["path"])
-        prior = _raw_pixels(source, blocks)[..., 0]
+        prior = np.array(_raw_pixels(source, blocks)[..., 0])  # owned: the image's block is opened next
         check_finite("prior", prior)
     except ImageReadError as exc:
         raise ProtocolError("bad_pixels", str(exc)) from exc

@@ -403,3 +403,24 @@ def test_a_full_dev_shm_falls_back_to_inline_instead_of_crashing(seed1_checkpoin
     assert result.returncode == 0, f"client exited {result.returncode}: {result.stderr[-2000:]}"
     assert json.loads(result.stdout.splitlines()[-1]) == {"small": True, "large": True}
     assert "sending frames this large inline" in result.stderr
+
+
+def test_a_shared_memory_block_shrunk_after_use_is_refused_not_a_crash(engine, reference):
+    """A block the engine has mapped and the client then shrinks: reading the old mapping past the new
+    end would be a SIGBUS in the engine."""
+    from multiprocessing import shared_memory
+
+    frame = frames_of(reference, 1)[0]
+    block = shared_memory.SharedMemory(create=True, size=frame.nbytes)
+    try:
+        np.frombuffer(block.buf, dtype=np.float32, count=frame.size)[:] = frame.reshape(-1)
+        image = {"shape": list(frame.shape), "dtype": "float32", "transport": "shm", "shm": block.name}
+        first = raw_request(engine[0], header(op="matte", id=71, stream="shrunk", frame=1, image=image), timeout_ms=60000)
+        assert first["ok"], first
+        os.truncate(os.path.join("/dev/shm", block.name.lstrip("/")), frame.nbytes // 2)
+        second = raw_request(engine[0], header(op="matte", id=72, stream="shrunk", frame=2, image=image), timeout_ms=60000)
+        assert second["ok"] is False and second["error"]["code"] == "size_mismatch", second
+        assert EngineClient(engine[0]).status()["pid"] == engine[1]
+    finally:
+        block.close()
+        block.unlink()
