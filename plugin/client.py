@@ -17,13 +17,13 @@ import os
 import subprocess
 import threading
 import time
-from multiprocessing import shared_memory
 from typing import Callable, Sequence
 
 import numpy as np
 import zmq
 
 from . import protocol
+from .shared_block import SharedBlock
 
 _DTYPE_NAMES = {np.dtype(v): k for k, v in protocol.DTYPES.items()}
 log = logging.getLogger("sparsemat.plugin")
@@ -52,26 +52,6 @@ def start_command(checkpoint: str, device: str = "auto", command: Sequence[str] 
     return start
 
 
-def _reserved_shared_memory(size: int) -> shared_memory.SharedMemory:
-    """A new block with every page backed now. tmpfs hands pages out on first write, and a write
-    past a full /dev/shm kills the process with SIGBUS (a container's /dev/shm is often 64 MiB):
-    reserving turns that into an OSError here. Raises OSError."""
-    block = shared_memory.SharedMemory(create=True, size=size)
-    path = os.path.join("/dev/shm", block.name.lstrip("/"))
-    if hasattr(os, "posix_fallocate") and os.path.exists(path):
-        try:
-            descriptor = os.open(path, os.O_RDWR)
-            try:
-                os.posix_fallocate(descriptor, 0, size)
-            finally:
-                os.close(descriptor)
-        except OSError:
-            block.close()
-            block.unlink()
-            raise
-    return block
-
-
 class EngineClient:
     """A connection to one engine. Thread-safe: requests from several threads are serialized."""
 
@@ -87,9 +67,8 @@ class EngineClient:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid()}-{id(self):x}"
-        self._shm: shared_memory.SharedMemory | None = None
-        self._shm_refused: int | None = None  # the smallest block size the system refused
-        self._alpha_offset = 0
+        self._block: SharedBlock | None = None
+        self._block_refused: int | None = None  # the smallest frame size the system had no room for
 
     # ---- operations ----------------------------------------------------------------------------
     def hello(self) -> dict:
@@ -129,8 +108,9 @@ class EngineClient:
                 header["image"] = {"transport": "file", "path": os.path.abspath(path)}
             else:
                 header["image"] = self._pixel_block(image, transport, payload)
-                if header["image"]["transport"] == "shm":
-                    header["alpha_shm_offset"] = self._alpha_offset
+                slot = self._block.free_slot() if header["image"]["transport"] == "shm" else None
+                if slot is not None:  # else every slot's alpha is still held: this one comes inline
+                    header["alpha_shm_offset"] = self._block.slot_offset(slot)
             if prior_path is not None:
                 header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
             elif prior is not None:
@@ -138,9 +118,7 @@ class EngineClient:
             reply, frames = self._request_locked(header, payload, self.retries)
             dtype, shape = protocol.DTYPES[reply["dtype"]], reply["shape"]
             if reply.get("alpha_in_shm"):
-                # Copied out: the block is this client's and the next request reuses it.
-                alpha = np.frombuffer(self._shm.buf, dtype=dtype, count=shape[0] * shape[1],
-                                      offset=self._alpha_offset).reshape(shape).copy()
+                alpha = self._block.alpha(slot, dtype, tuple(shape))
             else:
                 alpha = np.frombuffer(frames[0], dtype=dtype).reshape(shape)
         return alpha, reply["stats"]
@@ -177,31 +155,27 @@ class EngineClient:
         return block
 
     def _copy_to_shared_memory(self, pixels: np.ndarray) -> str | None:
-        """One block per client, grown as needed and reused: the frame from offset 0, then room for
-        a float32 alpha (the engine writes it there, so the reply carries no pixels). The frame
-        region is never written by the engine, so a retried request still finds its frame.
-        None when no block that large can be had: the caller sends the pixels inline instead."""
-        self._alpha_offset = -(-pixels.nbytes // 64) * 64
-        size = self._alpha_offset + pixels.shape[0] * pixels.shape[1] * 4
-        if self._shm is None or self._shm.size < size:
-            if self._shm_refused is not None and size >= self._shm_refused:
+        """The frame into this client's block (grown as needed), whose name it returns; None when
+        the system has no room for a block that large: the caller sends the pixels inline."""
+        alpha_bytes = pixels.shape[0] * pixels.shape[1] * 4  # room for a float32 alpha
+        if self._block is None or not self._block.fits(pixels.nbytes, alpha_bytes):
+            if self._block_refused is not None and pixels.nbytes >= self._block_refused:
                 return None
             self._drop_shared_memory()
             try:
-                self._shm = _reserved_shared_memory(size)
+                self._block = SharedBlock(pixels.nbytes, alpha_bytes)
             except OSError as exc:
-                self._shm_refused = size
-                log.warning("shared memory: no block of %d bytes (%s); sending frames this large inline",
-                            size, exc.strerror or exc)
+                self._block_refused = pixels.nbytes
+                log.warning("shared memory: no room for a %d-byte frame and its alphas (%s); sending frames "
+                            "this large inline", pixels.nbytes, exc.strerror or exc)
                 return None
-        np.frombuffer(self._shm.buf, dtype=pixels.dtype, count=pixels.size)[:] = pixels.reshape(-1)
-        return self._shm.name
+        self._block.write_frame(pixels)
+        return self._block.name
 
     def _drop_shared_memory(self) -> None:
-        if self._shm is not None:
-            self._shm.close()
-            self._shm.unlink()
-            self._shm = None
+        if self._block is not None:
+            self._block.close()
+            self._block = None
 
     # ---- the Lazy Pirate loop ------------------------------------------------------------------
     def _request(self, header: dict, payload: list | None = None, retries: int | None = None):

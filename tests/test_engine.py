@@ -424,3 +424,29 @@ def test_a_shared_memory_block_shrunk_after_use_is_refused_not_a_crash(engine, r
     finally:
         block.close()
         block.unlink()
+
+
+def test_shared_memory_alphas_are_views_that_are_never_overwritten_while_held(engine, reference):
+    """Alphas through shared memory are lent views of the client's block, not copies: a slot is reused
+    only once nothing refers to its alpha, or to anything made from it."""
+    frames = frames_of(reference, 6)
+    client = EngineClient(engine[0])
+    expected = [client.matte(f"lend-{index}", 1, frame)[0].copy() for index, frame in enumerate(frames)]
+    assert len({e.tobytes() for e in expected}) == len(frames), "the test needs distinct alphas"
+
+    def shared(index):
+        return client.matte(f"lend-shm-{index}", 1, frames[index], transport="shm")[0]
+
+    first, second = shared(0), shared(1)  # both slots lent
+    third = shared(2)  # no free slot: this one comes inline
+    assert not first.flags.writeable and not second.flags.writeable
+    rows = first[5:20]  # a view of the first alpha keeps its slot
+    del first
+    fourth = shared(3)  # reuses no held slot
+    del second
+    fifth, sixth = shared(4), shared(5)
+    for got, index in ((rows, 0), (third, 2), (fourth, 3), (fifth, 4), (sixth, 5)):
+        want = expected[index][5:20] if index == 0 else expected[index]
+        assert np.array_equal(got, want), f"alpha {index} changed while it was held"
+    client.close()  # the block is unlinked; what the caller holds stays valid
+    assert np.array_equal(sixth, expected[5]) and np.array_equal(rows, expected[0][5:20])

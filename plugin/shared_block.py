@@ -1,0 +1,105 @@
+"""A client's shared-memory block: frames reach a local engine, and alphas come back, without copies.
+
+Layout: the frame from offset 0, then ``ALPHA_SLOTS`` slots for a float32 alpha. The engine
+reads the frame in place and writes the alpha into the slot a request names. The alpha the
+client returns is a read-only view of its slot, so it is never copied; a slot is used again
+only once nothing refers to that view any more (nor to any array, view, memoryview or tensor
+made from it). A caller that holds more alphas than there are slots gets the next one inline.
+
+How liveness is known: each view is made from its own ctypes array over the block's second
+mapping. numpy and torch keep that ctypes array alive (numpy keeps no buffer export, so the
+export count would not tell), and a weak reference to it says when the last view is gone.
+The ctypes array also holds an export on the mapping, so the mapping outlives the block:
+an alpha stays valid after the block is closed and unlinked.
+
+Linux only for the views and the reservation (the block is a file in /dev/shm); elsewhere the
+alpha is copied out of its slot.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import weakref
+from multiprocessing import shared_memory
+
+import numpy as np
+
+ALPHA_SLOTS = 2  # one alpha held by the caller while the next is computed, as a loop does
+_ALIGN = 64
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+class SharedBlock:
+    """Raises OSError when the system has no room for the block (a full or small /dev/shm)."""
+
+    def __init__(self, frame_bytes: int, alpha_bytes: int):
+        self.frame_bytes = _aligned(frame_bytes)
+        self.slot_bytes = _aligned(alpha_bytes)
+        size = self.frame_bytes + ALPHA_SLOTS * self.slot_bytes
+        self._memory = shared_memory.SharedMemory(create=True, size=size)
+        try:
+            self._lending_map = self._reserve_and_map(size)
+        except OSError:
+            self._memory.close()
+            self._memory.unlink()
+            raise
+        self._lent: list[weakref.ref | None] = [None] * ALPHA_SLOTS
+
+    def _reserve_and_map(self, size: int) -> mmap.mmap | None:
+        """Back every page now: tmpfs hands pages out on first write, and a write past a full
+        /dev/shm (a container's is often 64 MiB) kills the process with SIGBUS; reserving turns
+        that into an OSError here. Returns the mapping alphas are lent from (None off Linux)."""
+        path = os.path.join("/dev/shm", self._memory.name.lstrip("/"))
+        if not os.path.exists(path):
+            return None
+        descriptor = os.open(path, os.O_RDWR)
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(descriptor, 0, size)
+            return mmap.mmap(descriptor, size)
+        finally:
+            os.close(descriptor)
+
+    @property
+    def name(self) -> str:
+        return self._memory.name
+
+    def fits(self, frame_bytes: int, alpha_bytes: int) -> bool:
+        return frame_bytes <= self.frame_bytes and alpha_bytes <= self.slot_bytes
+
+    def write_frame(self, pixels: np.ndarray) -> None:
+        np.frombuffer(self._memory.buf, dtype=pixels.dtype, count=pixels.size)[:] = pixels.reshape(-1)
+
+    def free_slot(self) -> int | None:
+        """A slot no returned alpha uses any more, or None."""
+        for slot, lent in enumerate(self._lent):
+            if lent is None or lent() is None:
+                return slot
+        return None
+
+    def slot_offset(self, slot: int) -> int:
+        return self.frame_bytes + slot * self.slot_bytes
+
+    def alpha(self, slot: int, dtype, shape: tuple[int, int]) -> np.ndarray:
+        """The alpha the engine wrote into ``slot``: a read-only view of it, lent until dropped."""
+        count = shape[0] * shape[1]
+        if self._lending_map is None:
+            alpha = np.frombuffer(self._memory.buf, dtype=dtype, count=count, offset=self.slot_offset(slot)).copy()
+        else:
+            exporter = (ctypes.c_char * (count * np.dtype(dtype).itemsize)).from_buffer(
+                self._lending_map, self.slot_offset(slot))
+            self._lent[slot] = weakref.ref(exporter)
+            alpha = np.frombuffer(exporter, dtype=dtype)
+        alpha = alpha.reshape(shape)
+        alpha.flags.writeable = False
+        return alpha
+
+    def close(self) -> None:
+        """Unlink the block; alphas lent from it stay valid (their mapping lives as long as they do)."""
+        self._memory.close()
+        self._memory.unlink()
+        self._lending_map = None
