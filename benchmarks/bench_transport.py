@@ -9,8 +9,10 @@ reported total less its decode time), so it counts sending the pixels, decoding
 them into the engine's input, and the alpha's way back. Each request is set against
 a plain memory copy of the frame (``np.copyto`` into a warm array) timed just before
 it. The prior is given as fully opaque, so no pixel is refined and the compute part
-stays small and steady. The round trip of an empty request shows the fixed cost of
-one request (socket and thread hand-offs), which no transport can go below.
+stays small and steady. The round trip of an empty request, and the transport of a
+64 x 64 frame through shared memory, show the fixed cost of a request (socket and thread
+hand-offs, waking threads that slept through the compute), which no transport can go
+below; the shared-memory figure less that fixed cost is the part that grows with the frame.
 
 Engine overhead: the same frames through the engine against the in-process
 ``Matter`` (in a child process set up as ``sparsemat matte`` is), as a ratio of wall
@@ -140,6 +142,9 @@ def main() -> int:
     clients = {name: EngineClient(address, timeout=60) for name, address in addresses.items()}
     try:
         empty = empty_request_ms(clients["ipc"], args.repeats)
+        fixed = transport_runs(clients["ipc"], plate(64, 64), np.ones((8, 8), np.float32), max(args.repeats, 20),
+                               transport="shm")["transport"]
+        variable = []
         for size in args.sizes.split(","):
             height, width = SIZES[size]
             frame = plate(height, width)
@@ -159,6 +164,8 @@ def main() -> int:
             for name, run in runs.items():
                 lines.append(f"| {size} | {name} | {run['transport']:.1f} | {run['copy']:.1f} | {run['ratio']:.2f} "
                              f"| {run['total']:.0f} |")
+            shared = runs["shared memory"]
+            variable.append(f"{size} {(shared['transport'] - fixed) / shared['copy']:.2f}")
             in_process = in_process_ms(args.checkpoint, size, args.repeats)
             engine_total = runs["shared memory"]["total"]
             overhead.append(f"| {size} | {in_process:.0f} | {engine_total:.0f} | {engine_total / in_process:.2f} |")
@@ -169,7 +176,9 @@ def main() -> int:
             stop_engine(address, runtime)
     text = (f"### Transports (medians of {args.repeats} requests, one run; transport / copy is the median of "
             f"each request's ratio to a copy timed just before it)\n\n" + "\n".join(lines) +
-            f"\n\nAn empty request (no pixels, through the engine's worker and back): {empty:.2f} ms.\n" +
+            f"\n\nAn empty request (no pixels, through the engine's worker and back): {empty:.2f} ms. "
+            f"A 64 x 64 frame through shared memory (a matte request's fixed cost): {fixed:.2f} ms. "
+            f"Shared memory less that fixed cost, in frame copies: {', '.join(variable)}.\n" +
             "\n\n### Engine overhead per frame (shared memory, same frame)\n\n" + "\n".join(overhead) + "\n")
     print(text)
     if args.out:
