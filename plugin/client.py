@@ -92,7 +92,9 @@ class EngineClient:
         C in 1, 3, 4, sent ``inline`` or through ``shm`` (shared memory, for an engine on this machine;
         inline, with a logged warning, when the system has no room for the block); or ``path`` of a
         file the engine reads.
-        The optional coarse alpha: ``prior`` (an array, sent inline) or ``prior_path`` (a file)."""
+        The optional coarse alpha: ``prior`` (an array, sent inline) or ``prior_path`` (a file).
+        Through ``shm`` the alpha is a view of this client's block, not a copy; it stays valid for as
+        long as anything refers to it (see shared_block.py)."""
         header = {"op": "matte", "stream": stream, "frame": int(frame), "temporal": temporal,
                   "keyframe_interval": keyframe_interval, "alpha_dtype": alpha_dtype}
         if colourspace is not None:
@@ -104,6 +106,7 @@ class EngineClient:
         # The lock covers the shared-memory block too: threads must not overwrite each other's frames.
         with self._lock:
             payload: list = []
+            slot = None  # the block's alpha slot the engine writes into, when there is one
             if path is not None:
                 header["image"] = {"transport": "file", "path": os.path.abspath(path)}
             else:
