@@ -450,3 +450,16 @@ def test_shared_memory_alphas_are_views_that_are_never_overwritten_while_held(en
         assert np.array_equal(got, want), f"alpha {index} changed while it was held"
     client.close()  # the block is unlinked; what the caller holds stays valid
     assert np.array_equal(sixth, expected[5]) and np.array_equal(rows, expected[0][5:20])
+
+
+@pytest.mark.parametrize("transport", ["inline", "shm"])
+def test_rgba_and_integer_pixels_give_the_rgb_float_alpha(engine, reference, transport):
+    """Float32 RGBA is read in place through a strided view (the alpha channel ignored); integers are converted."""
+    frame = frames_of(reference, 1)[0]
+    client = EngineClient(engine[0])
+    expected = client.matte(f"rgb-{transport}", 1, frame)[0].copy()
+    rgba = np.ascontiguousarray(np.concatenate([frame, np.full(frame.shape[:2] + (1,), 0.25, np.float32)], axis=2))
+    assert np.array_equal(client.matte(f"rgba-{transport}", 1, rgba, transport=transport)[0], expected)
+    sixteen = np.round(frame * 65535).astype(np.uint16)
+    assert np.abs(client.matte(f"u16-{transport}", 1, sixteen, transport=transport)[0] - expected).max() < 1e-3
+    client.close()
