@@ -13,8 +13,9 @@ import json
 import os
 import sys
 
+from .cli import EXIT_FAILED, UsageError
+
 # numpy and .metrics are imported inside the functions: building the parser stays instant.
-EXIT_FAILED = 1  # same codes as sparsemat.engine.cli
 IMAGE_METRICS = ("sad", "mse", "grad", "conn")
 
 
@@ -55,7 +56,6 @@ def run_eval(args) -> int:
 
 def _plan(pred_text: str, gt_text: str, trimap_text: str | None, frames_text: str | None):
     """[(frame, pred path, gt path, trimap path or None)], after checking every file exists."""
-    from .cli import UsageError
     from .sequence import SequenceError, find_frames, parse_frame_range, parse_pattern
 
     try:

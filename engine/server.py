@@ -299,7 +299,7 @@ class Engine:
             return [protocol.pack({"id": request_id, "ok": True, "dropped": dropped})]
         stream = self.streams.get(request["stream"])
         if stream.last_reply is not None and stream.last_reply[0] == request_id and request_id is not None:
-            _, _, frames, write_alpha = stream.last_reply  # a client retry: the same answer, not a second compute
+            _, frames, write_alpha = stream.last_reply  # a client retry: the same answer, not a second compute
             if write_alpha is not None:
                 write_alpha()
             return frames
@@ -342,7 +342,7 @@ class Engine:
             reply = [protocol.pack(header)]
         else:
             reply = [protocol.pack(header), alpha]  # sent from the array's own buffer
-        stream.last_reply = (request_id, header, reply, write_alpha)
+        stream.last_reply = (request_id, reply, write_alpha)
         return reply
 
     def _shm_writer(self, image: dict, offset: int, alpha: np.ndarray):

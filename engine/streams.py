@@ -21,7 +21,7 @@ class Stream:
     state: MatteState | None = None
     frame: int | None = None
     last_used: float = 0.0
-    last_reply: tuple | None = None  # (request id, header, reply frames, rewrite of a shared-memory alpha or None)
+    last_reply: tuple | None = None  # (request id, reply frames, rewrite of a shared-memory alpha or None)
 
     @property
     def nbytes(self) -> int:
