@@ -257,16 +257,12 @@ def test_remote_engines_get_the_pixels_inline(engine, plate, cli_alphas, tmp_pat
 
 def test_the_prior_input_reaches_the_engine(engine, plate, cli_alphas, tmp_path):
     """A coarse alpha on the Prior input (any resolution) is used by the engine in place of its own prior."""
-    import OpenImageIO as oiio
+    from sparsemat.engine.imageio import write_alpha
 
     new_session(str(tmp_path / "prior.nk"))
     coarse = np.zeros((12, 16, 1), np.float32)
     coarse[3:9, 4:12] = 1.0
-    spec = oiio.ImageSpec(16, 12, 1, oiio.FLOAT)
-    spec.channelnames = ("A",)
-    out = oiio.ImageOutput.create(str(tmp_path / "prior.0001.exr"))
-    assert out.open(str(tmp_path / "prior.0001.exr"), spec) and out.write_image(coarse)
-    out.close()
+    write_alpha(str(tmp_path / "prior.0001.exr"), coarse[..., 0])  # one float channel named "A"
     group = sparsemat_on(plate[0], engine)
     group.setInput(1, nuke.nodes.Read(file=str(tmp_path / "prior.####.exr"), first=1, last=1))
     sparsemat_node.matte_now(group, 1)

@@ -329,18 +329,6 @@ class Group(Node):
             return self._upstream(0, number, view)
         return outputs[0]._render(number, view)
 
-    def firstFrame(self):
-        return self._upstream_node_frame("firstFrame")
-
-    def lastFrame(self):
-        return self._upstream_node_frame("lastFrame")
-
-    def _upstream_node_frame(self, which):
-        source = self.input(0)
-        if source is not None:
-            return getattr(source, which)()
-        return int(root()["first_frame" if which == "firstFrame" else "last_frame"].value())
-
 
 class Root(Group):
     _class = "Root"

@@ -291,8 +291,7 @@ def describe(error: BaseException, address: str = "") -> str:
     return f"SparseMat: {type(error).__name__}: {error}"
 
 
-def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, prior: str | None = None,
-          remove_inputs: bool = True) -> dict:
+def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, prior: str | None = None) -> dict:
     """Matte one rendered frame and write its alpha EXR; returns the engine's stats plus ``seconds``
     and ``engine``. Raises the client's EngineError / EngineUnavailable, MatteError or ExrError.
 
@@ -313,8 +312,7 @@ def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, 
             prior_alpha = None if prior is None else exr.read(prior, ("A",))[0][..., 0]
             result, stats = client.matte(stream, frame, pixels, transport="inline", prior=prior_alpha, **options)
     finally:
-        if remove_inputs:
-            remove_files(source, prior)
+        remove_files(source, prior)
     exr.write(alpha, np.asarray(result, dtype=np.float32), ("A",), half=False, compression=exr.ZIP)
     return {**stats, "seconds": time.perf_counter() - started, "engine": state}
 

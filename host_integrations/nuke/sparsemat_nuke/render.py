@@ -24,15 +24,15 @@ from sparsemat_nuke import node as sparsemat_node
 
 def render(writes: list, frames: list, view: str = "main") -> None:
     """Matte, then render, frame by frame; raises RuntimeError on the first frame that fails."""
+    groups = {}  # every SparseMat node upstream of the writes, once each, by full name
+    for write in writes:
+        for group in sparsemat_node.upstream(write):
+            groups.setdefault(group.fullName(), group)
     sparsemat_node._suppressed.set()
     try:
         for frame in frames:
-            done = set()
-            for write in writes:
-                for group in sparsemat_node.upstream(write):
-                    if group.fullName() not in done:
-                        sparsemat_node.matte_now(group, frame, view)
-                        done.add(group.fullName())
+            for group in groups.values():
+                sparsemat_node.matte_now(group, frame, view)
             for write in writes:
                 nuke.execute(write, frame, frame, 1, [view])
     finally:
