@@ -52,12 +52,6 @@ def srgb_encode(linear: np.ndarray) -> np.ndarray:
                     1.055 * np.power(linear, 1 / 2.4) - 0.055).astype(np.float32)
 
 
-def srgb_decode(encoded: np.ndarray) -> np.ndarray:
-    encoded = np.clip(encoded, 0.0, 1.0)
-    return np.where(encoded <= 0.04045, encoded / 12.92,
-                    np.power((encoded + 0.055) / 1.055, 2.4)).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- helpers
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: float, channels: int) -> np.ndarray:
@@ -348,8 +342,6 @@ def _subject(index: int, height: int, width: int, seed: int,
 @functools.lru_cache(maxsize=8)
 def _cached_noise(height: int, width: int, seed: int, stream: int, cells: float, channels: int) -> np.ndarray:
     noise = _smooth_noise(np.random.default_rng([seed, stream]), height, width, cells, channels)
-    noise = noise[..., 0] if channels == 1 else noise
-    noise = noise[..., None] if noise.ndim == 2 else noise
     noise.setflags(write=False)
     return noise
 
