@@ -418,26 +418,21 @@ def worker(cfg: dict) -> dict:
 
 def refine_breakdown(matter, frame, prior, sync, cfg) -> dict:
     """Time the torch backend's sparse convolutions by kind during one frame, by wrapping the
-    plan's ``conv`` and its rulebook builder (``rulebook``, or ``neighbours`` in older engines)
-    in this process only; the engine is untouched.
+    plan's ``conv`` and its rulebook builder in this process only; the engine is untouched.
 
     kinds: ``subm`` (submanifold), ``down`` (strided), ``up`` (inverse); ``plan`` is the
-    building of neighbour maps / rulebooks (done lazily inside the first convolution that needs
+    building of the rulebooks (done lazily inside the first convolution that needs
     them). ``real_rows``: the share of the rows ``gather_conv`` gathers that are real neighbours
     rather than the zero row."""
     from sparsemat.engine.model import backends
 
     plan_cls = backends.TorchPlan
-    builder_name = next(n for n in ("rulebook", "neighbours") if hasattr(plan_cls, n))
-    orig_conv, orig_builder = plan_cls.conv, getattr(plan_cls, builder_name)
+    orig_conv, orig_builder = plan_cls.conv, plan_cls.rulebook
     ms = {"plan": 0.0, "subm": 0.0, "down": 0.0, "up": 0.0}
     rows = {k: [0, 0] for k in ("subm", "down", "up")}
     flops = {k: [0.0, 0.0] for k in ("subm", "down", "up")}
-    depth = [0]
 
     def builder(self, rule):
-        if depth[0] > 1:  # our own conv wrapper asking for the row counts
-            return orig_builder(self, rule)
         start = time.perf_counter()
         out = orig_builder(self, rule)
         sync()
@@ -445,25 +440,18 @@ def refine_breakdown(matter, frame, prior, sync, cfg) -> dict:
         return out
 
     def gathered_rows(book, n_in) -> tuple[int, int]:
-        """(real, gathered) rows of a rulebook (entries of (k, rows, columns)) or a neighbour map."""
-        if hasattr(book, "entries"):
-            columns = [entry[-1] for entry in book.entries]
-            return sum(int((c < n_in).sum()) for c in columns), sum(c.numel() for c in columns)
-        return int((book < n_in).sum()), book.numel()
+        """(real, gathered) rows of a rulebook: its entries are (k, output rows, input rows)."""
+        columns = [entry[-1] for entry in book.entries]
+        return sum(int((c < n_in).sum()) for c in columns), sum(c.numel() for c in columns)
 
     def conv(self, rule, features, weight, bias):
         kind = backends.parse_rule(rule)[0]
         sync()
-        depth[0] += 1
         plan_before, start = ms["plan"], time.perf_counter()
-        try:
-            out = orig_conv(self, rule, features, weight, bias)
-            sync()
-            ms[kind] += (time.perf_counter() - start) * 1000.0 - (ms["plan"] - plan_before)
-            depth[0] += 1
-            real, gathered = gathered_rows(getattr(self, builder_name)(rule), features.shape[0])
-        finally:
-            depth[0] = 0
+        out = orig_conv(self, rule, features, weight, bias)
+        sync()
+        ms[kind] += (time.perf_counter() - start) * 1000.0 - (ms["plan"] - plan_before)
+        real, gathered = gathered_rows(orig_builder(self, rule), features.shape[0])  # cached: not timed
         rows[kind][0] += real
         rows[kind][1] += gathered
         per_row = 2.0 * weight.shape[1] * weight.shape[2]
@@ -472,14 +460,14 @@ def refine_breakdown(matter, frame, prior, sync, cfg) -> dict:
         return out
 
     plan_cls.conv = conv
-    setattr(plan_cls, builder_name, builder)
+    plan_cls.rulebook = builder
     try:
         if cfg["quiet_wait"] > 0:
             wait_quiet(cfg["quiet_wait"], threshold=cfg["busy_limit"])
         _, _, stats = matter.matte(frame, None, prior=prior)
     finally:
         plan_cls.conv = orig_conv
-        setattr(plan_cls, builder_name, orig_builder)
+        plan_cls.rulebook = orig_builder
     refine = stats.ms["refine"]
     return {"refine_ms": refine, "ms": ms, "other_ms": refine - sum(ms.values()),
             "real_rows": {k: v[0] / max(1, v[1]) for k, v in rows.items()},
@@ -666,7 +654,6 @@ def tables(results: list[dict], info: dict) -> tuple[list[str], str]:
                     f"band (saving {savings} here). The prior network, the masks (three dilations and a box sum "
                     f"at full size on this path) and compose still run on every frame and become the floor: "
                     f"{_f(floor)} of {_f(t['total_ms'])} ms at {temporal[-1]['size']}.")
-    wasteful = False
     if broken:
         rb = broken[-1]
         b = rb["breakdown"]
@@ -676,16 +663,9 @@ def tables(results: list[dict], info: dict) -> tuple[list[str], str]:
                     f"{100 * b['ms'][kinds[0]] / b['refine_ms']:.0f}% of the time and the "
                     f"{names[kinds[1]]} ones {100 * b['ms'][kinds[1]] / b['refine_ms']:.0f}%; building the "
                     f"rulebooks takes {100 * b['ms']['plan'] / b['refine_ms']:.0f}%.")
-        if b["real_rows"]["up"] < 0.5:
-            wasteful = True
-            para.append(f"Only {100 * b['real_rows']['up']:.0f}% of the rows the inverse convolutions gather "
-                        "are real: all 9 kernel offsets are multiplied for every output, while a stride-2 "
-                        "transpose has on average 2.25 real ones per output (1, 2 or 4 by the parity of the "
-                        "pixel).")
-        else:
-            para.append(f"The inverse convolutions gather only real rows ({100 * b['real_rows']['up']:.0f}%): "
-                        "a stride-2 transpose has 1, 2 or 4 real taps per output by the parity of the pixel, "
-                        "and the rulebook keeps only those.")
+        para.append(f"The inverse convolutions gather only real rows ({100 * b['real_rows']['up']:.0f}%): "
+                    "a stride-2 transpose has 1, 2 or 4 real taps per output by the parity of the pixel, "
+                    "and the rulebook keeps only those.")
     if compared and not cuda:
         bits = []
         faster = []
@@ -700,8 +680,6 @@ def tables(results: list[dict], info: dict) -> tuple[list[str], str]:
                 bits.append(f"torch on 1 thread takes {t1 / tn:.2f}x its time on {r['threads']} at {r['size']}")
         if bits and faster:
             verdict = ("so on this machine spconv on its single safe thread is the faster CPU backend"
-                       + (" (its rulebook holds only real neighbour pairs, see the inverse convolutions above)"
-                          if wasteful else "")
                        if all(faster) else "so the torch backend is the faster CPU backend here"
                        if not any(faster) else "so neither backend wins at every size")
             para.append("For the refine stage, spconv on one thread (its only correct setting on CPU) takes "
