@@ -122,7 +122,8 @@ def _read(path: str, clip: bool = True):
         alpha = read_alpha(path)
     except ImageReadError as exc:
         raise EvaluationError(str(exc)) from exc
-    return np.clip(alpha, 0.0, 1.0) if clip else alpha
+    # float64 once here: every metric works in it, and would otherwise convert each frame again.
+    return np.clip(alpha.astype(np.float64), 0.0, 1.0) if clip else alpha
 
 
 def _size(alpha) -> str:
