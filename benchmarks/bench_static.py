@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from make_sample_clip import make_frame  # noqa: E402
+from make_sample_clip import _parse_size, make_frame  # noqa: E402
 
 
 def run(matter, frame, prior, frames: int, temporal: bool):
@@ -32,11 +32,11 @@ def run(matter, frame, prior, frames: int, temporal: bool):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="1920x1080")
+    parser.add_argument("--size", type=_parse_size, default="1920x1080", help="WIDTHxHEIGHT")
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--checkpoint")
     args = parser.parse_args()
-    width, height = map(int, args.size.split("x"))
+    width, height = args.size
 
     from sparsemat.engine.matting import Matter
     from sparsemat.engine.model import SparseMat
