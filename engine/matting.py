@@ -77,7 +77,7 @@ def prior_input_size(height: int, width: int) -> tuple[int, int]:
 
 
 class FrameError(ValueError):
-    """The frame cannot be matted: it holds NaN or infinite values."""
+    """The frame (or the prior given with it) cannot be matted: it holds NaN or infinite values."""
 
 
 def non_finite_values(pixels: torch.Tensor) -> str | None:
@@ -112,6 +112,15 @@ def normalize(frame_rgb: torch.Tensor) -> torch.Tensor:
     if low < -1.0 or high > 1.0:
         image.clamp_(-1.0, 1.0)
     return image
+
+
+def checked_prior(prior: torch.Tensor) -> torch.Tensor:
+    """A given coarse alpha (h, w) clipped to [0, 1] as a new tensor; NaN or infinity raise FrameError.
+    Checked here, among the frame's first operations, rather than by each caller."""
+    low, high = (value.item() for value in torch.aminmax(prior))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise FrameError(f"the prior has {non_finite_values(prior)}")
+    return prior.clamp(0, 1)
 
 
 class Matter:
@@ -150,6 +159,7 @@ class Matter:
 
         ``prior``: an optional coarse alpha (h, w) at any resolution; it replaces the prior
         network's alpha (band and refiner input), the network still supplies the context.
+        Clipped to [0, 1]; NaN or infinity raise FrameError.
         Required without a model.
         """
         if self.model is None and prior is None:
@@ -164,7 +174,7 @@ class Matter:
         with self._stage(stats, "prior"):
             prior_lr, context = self._prior(image) if self.model is not None else (None, None)
             if prior is not None:
-                prior_lr = prior.to(self.device, torch.float32).clamp(0, 1)[None, None]
+                prior_lr = checked_prior(prior.to(self.device, torch.float32))[None, None]
             prior = resize_like(prior_lr, image)
         with self._stage(stats, "masks"):
             masks = sparsity_masks(prior, image, None if state is None else state.frame)

@@ -25,7 +25,7 @@ import zmq
 from sparsemat.plugin import protocol
 from sparsemat.plugin.protocol import ProtocolError
 
-from .imageio import ImageReadError, check_finite, display_rgb, read_alpha, read_rgb
+from .imageio import ImageReadError, display_rgb, read_alpha, read_rgb
 from .matting import MIN_PIXELS, FrameError
 from .streams import StreamStore
 
@@ -447,14 +447,13 @@ def _load_image(source: dict, colourspace: str | None, blocks: SharedMemoryBlock
 
 
 def _load_prior(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
+    """Matter checks the prior's values (NaN or infinity); a file's are checked as it is read."""
+    if source["transport"] != "file":
+        return np.array(_raw_pixels(source, blocks)[..., 0])  # owned: the image's block is opened next
     try:
-        if source["transport"] == "file":
-            return read_alpha(source["path"])
-        prior = np.array(_raw_pixels(source, blocks)[..., 0])  # owned: the image's block is opened next
-        check_finite("prior", prior)
+        return read_alpha(source["path"])
     except ImageReadError as exc:
         raise ProtocolError("bad_pixels", str(exc)) from exc
-    return prior
 
 
 def run_engine(config: EngineConfig) -> int:

@@ -143,6 +143,11 @@ def test_client_raises_engine_errors_with_code(engine, transport):
         client.matte("s", 1, frame, transport=transport)
     assert caught.value.code == "bad_pixels"
     frame[5, 9, 1] = 0.5
+    prior = np.full((2, 3), 0.5, np.float32)
+    prior[1, 2] = np.nan
+    with pytest.raises(EngineError, match=r"prior has 1 NaN/infinite pixel values \(first at x=2, y=1\)") as caught:
+        client.matte("s", 1, frame, transport=transport, prior=prior)
+    assert caught.value.code == "bad_pixels"
     assert client.matte("s", 1, frame, transport=transport)[0].shape == (16, 24)
     client.close()
 

@@ -100,3 +100,15 @@ def test_a_frame_with_nan_or_infinity_is_refused_with_its_first_bad_pixel(seed1_
     frame[9, 3, 0] = bad
     with pytest.raises(FrameError, match=r"2 NaN/infinite pixel values \(first at x=11, y=7\)"):
         Matter(seed1_model).matte(frame)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_prior_with_nan_or_infinity_is_refused_and_a_finite_one_is_clipped(seed1_model, frames, bad):
+    prior = torch.full((8, 10), 0.5)
+    prior[3, 4] = bad
+    with pytest.raises(FrameError, match=r"prior has 1 NaN/infinite pixel values \(first at x=4, y=3\)"):
+        Matter(seed1_model).matte(frames[0], prior=prior)
+    prior[3, 4] = 7.0  # out of range, but finite: clipped as the published code clips its prior
+    clipped = prior.clamp(0, 1)
+    alpha = Matter(seed1_model).matte(frames[0], prior=prior)[0]
+    assert torch.equal(alpha, Matter(seed1_model).matte(frames[0], prior=clipped)[0])
