@@ -22,6 +22,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from sparsemat.plugin.frames import with_preroll
+
 from .imageio import ImageReadError, ImageWriteError, read_alpha, read_rgb, write_alpha
 from .sequence import Pattern
 
@@ -79,17 +81,10 @@ def work_list(job: MatteJob, frames: list) -> list[tuple[object, bool]]:
     """(frame, write) in order. With a keyframe interval, each run of frames is preceded by the
     frames since the last keyframe (back to the first missing input), matted but not written,
     so a frame's alpha is the same however the range is split into chunks."""
+    if frames == [None]:  # a single image
+        return [(None, True)]
     interval = job.keyframe_interval if job.temporal else 0
-    work, previous = [], None
-    for frame in frames:
-        if interval > 0 and frame is not None and frame != (None if previous is None else previous + 1):
-            start = frame
-            while start % interval != 0 and os.path.exists(job.input.path(start - 1)):
-                start -= 1
-            work += [(f, False) for f in range(start, frame)]
-        work.append((frame, True))
-        previous = frame
-    return work
+    return with_preroll(frames, interval, lambda frame: os.path.exists(job.input.path(frame)))
 
 
 def _frame_label(frame) -> str:

@@ -11,10 +11,10 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from sparsemat.plugin import frames as frame_ranges
+
 # "%d", "%4d", "%04d" (the space-padded form is rejected later) or a run of hashes.
 _TOKEN = re.compile(r"%([0-9]*)d|#+")
-# "5", "1001-1100" or "1-10x2"; a range list joins these with commas.
-_RANGE_PART = re.compile(r"([0-9]+)(?:-([0-9]+)(?:x([0-9]+))?)?")
 
 
 class SequenceError(ValueError):
@@ -91,23 +91,12 @@ def find_frames(pattern: Pattern) -> list[int]:
 
 
 def parse_frame_range(text: str) -> list[int]:
-    """Frames of "1001-1100", "5", "1-10x2" (every 2nd) or a comma list of these; sorted, unique."""
-    frames: set[int] = set()
-    for part in text.split(","):
-        match = _RANGE_PART.fullmatch(part.strip())
-        if match is None:
-            raise SequenceError(
-                f"malformed frame range '{text}': expected forms like '1001-1100', '5', '1-10x2' or '1,3,5-7'"
-            )
-        start = int(match.group(1))
-        end = int(match.group(2)) if match.group(2) else start
-        step = int(match.group(3)) if match.group(3) else 1
-        if end < start:
-            raise SequenceError(f"frame range '{text}' ends at {end}, before its start {start}")
-        if step == 0:
-            raise SequenceError(f"frame range '{text}' has a step of 0")
-        frames.update(range(start, end + 1, step))
-    return sorted(frames)
+    """Frames of "1001-1100", "5", "1-10x2" (every 2nd) or a list of these; sorted, unique
+    (the grammar is ``sparsemat.plugin.frames``', shared with the hosts)."""
+    try:
+        return frame_ranges.parse_frame_range(text)
+    except ValueError as exc:
+        raise SequenceError(str(exc)) from None
 
 
 def _token_padding(text: str, token: re.Match[str]) -> int:

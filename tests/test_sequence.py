@@ -131,6 +131,7 @@ def test_find_frames_of_a_single_file_is_refused(tmp_path: Path) -> None:
         ("1-10x20", [1]),
         ("1,3,5-7", [1, 3, 5, 6, 7]),
         ("7, 1-3, 2", [1, 2, 3, 7]),
+        ("1-3 7", [1, 2, 3, 7]),
         ("0", [0]),
     ],
 )

@@ -156,22 +156,16 @@ def stream_id(script: str, node: str, view: str) -> str:
 # ---- frame ranges and pre-roll -------------------------------------------------------------------------
 
 def parse_frames(text: str, first: int, last: int) -> list[int]:
-    """Frames of ``1-10``, ``1-10x2``, ``1,3,5-7`` or ``12``; the empty string means first-last."""
-    text = (text or "").strip()
-    if not text:
+    """Frames of ``1-10``, ``1-10x2``, ``1,3,5-7`` or ``12`` (``sparsemat matte --frames``' grammar);
+    the empty string means first-last."""
+    from sparsemat.plugin.frames import parse_frame_range
+
+    if not (text or "").strip():
         return list(range(first, last + 1))
-    frames: list[int] = []
-    for part in re.split(r"[,\s]+", text):
-        match = re.fullmatch(r"(-?\d+)(?:-(-?\d+)(?:x(\d+))?)?", part)
-        if not match:
-            raise MatteError(f"frame range {text!r} is not like 1-100, 1-100x2 or 1,3,5-7")
-        start = int(match.group(1))
-        end = int(match.group(2)) if match.group(2) is not None else start
-        step = int(match.group(3) or 1)
-        if end < start or step < 1:
-            raise MatteError(f"frame range {part!r} runs backwards or has a zero step")
-        frames += [f for f in range(start, end + 1, step) if f not in frames]
-    return frames
+    try:
+        return parse_frame_range(text)
+    except ValueError as exc:
+        raise MatteError(str(exc)) from None
 
 
 def with_preroll(frames: list[int], settings: Settings, last_matted: int | None, first_available: int
@@ -180,18 +174,10 @@ def with_preroll(frames: list[int], settings: Settings, last_matted: int | None,
     gives: with a keyframe interval, a run that does not continue the stream is preceded by the
     frames since the last keyframe (no further back than the input's first frame), as
     ``sparsemat matte --keyframe-interval`` does. Pre-rolled frames are correct alphas too."""
+    from sparsemat.plugin.frames import with_preroll as plan
+
     interval = settings.keyframe_interval if settings.temporal else 0
-    work: list[int] = []
-    previous = last_matted
-    for frame in frames:
-        if interval > 0 and (previous is None or frame != previous + 1):
-            start = frame
-            while start % interval != 0 and start - 1 >= first_available:
-                start -= 1
-            work += [f for f in range(start, frame) if f not in work]
-        work.append(frame)
-        previous = frame
-    return work
+    return [frame for frame, _ in plan(frames, interval, lambda frame: frame >= first_available, last_matted)]
 
 
 class StreamTracker:
