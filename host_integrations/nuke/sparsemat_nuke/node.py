@@ -220,14 +220,14 @@ def _execute(write, frame: int, view: str) -> None:
         write["disable"].setValue(True)
 
 
-def render_inputs(name: str, frame: int, view: str) -> tuple[str, str | None, str]:
-    """(plate file, prior file or None, alpha file) of one frame, the inputs rendered now (main thread)."""
+def render_inputs(name: str, files: core.Paths, frame: int, view: str) -> tuple[str, str | None, str]:
+    """(plate file, prior file or None, alpha file) of one frame, the inputs rendered now (main thread).
+    ``files``: what ``sync`` returned when the work began (it pointed the internal nodes there)."""
     group = nuke.toNode(name)
     if group is None:
         raise core.MatteError(f"the node {name} no longer exists")
     if group.input(0) is None:
         raise core.MatteError(f"{name}: nothing is connected to the Source input")
-    _, files = sync(group)
     source = core.frame_path(files.source, frame, view)
     os.makedirs(os.path.dirname(source), exist_ok=True)
     _execute(group.node(SOURCE_WRITE), frame, view)
@@ -303,12 +303,12 @@ def _start(group, frames: list, progress: bool):
         group["status"].setValue("no frames to matte")
         return None
     try:
-        values, _ = sync(group)
+        values, files = sync(group)
     except core.MatteError as exc:
         _show_failure(name, frames[0], str(exc), dialog=True)
         return None
     script, views, first = nuke.root().name(), list(nuke.views()), input_range(group)[0]
-    thread = threading.Thread(target=_run_job, args=(name, script, values, frames, views, first, progress),
+    thread = threading.Thread(target=_run_job, args=(name, script, values, files, frames, views, first, progress),
                               name=f"sparsemat-{name}", daemon=True)
     with _lock:
         running = _jobs.get(name)
@@ -348,8 +348,8 @@ def _discard(future: Future | None) -> None:
     core.remove_files(source, prior)
 
 
-def _run_job(name: str, script: str, values: core.Settings, frames: list, views: list, first: int,
-             progress: bool) -> None:
+def _run_job(name: str, script: str, values: core.Settings, files: core.Paths, frames: list, views: list,
+             first: int, progress: bool) -> None:
     """The worker: renders come from the main thread, one frame ahead; the engine is called from here."""
     task = nuke.ProgressTask(f"SparseMat: {name}") if progress else None
     pending = None
@@ -357,7 +357,7 @@ def _run_job(name: str, script: str, values: core.Settings, frames: list, views:
         for view in views:
             stream = core.stream_id(script, name, view)
             work = core.with_preroll(frames, values, core.tracker.last(stream, values), first)
-            pending = _in_main_thread(render_inputs, name, work[0], view)
+            pending = _in_main_thread(render_inputs, name, files, work[0], view)
             for index, frame in enumerate(work):
                 if task is not None:
                     if task.isCancelled():
@@ -369,7 +369,7 @@ def _run_job(name: str, script: str, values: core.Settings, frames: list, views:
                     task.setMessage(f"frame {frame} ({view})" if len(views) > 1 else f"frame {frame}")
                 try:
                     source, prior, alpha = pending.result()
-                    pending = (_in_main_thread(render_inputs, name, work[index + 1], view)
+                    pending = (_in_main_thread(render_inputs, name, files, work[index + 1], view)
                                if index + 1 < len(work) else None)
                     stats = core.matte(values, stream, frame, source, alpha, prior)
                 except Exception as exc:
@@ -422,7 +422,7 @@ def matte_now(group, frame: int, view: str = "main") -> dict:
     the engine's message, after making the node error on that frame."""
     name = group.fullName()
     try:
-        values, _ = sync(group)
+        values, files = sync(group)
     except core.MatteError as exc:
         _show_failure(name, frame, str(exc), dialog=False)
         raise RuntimeError(str(exc)) from exc
@@ -430,7 +430,7 @@ def matte_now(group, frame: int, view: str = "main") -> dict:
     stats: dict = {}
     for current in core.with_preroll([frame], values, core.tracker.last(stream, values), input_range(group)[0]):
         try:
-            source, prior, alpha = render_inputs(name, current, view)
+            source, prior, alpha = render_inputs(name, files, current, view)
             stats = core.matte(values, stream, current, source, alpha, prior)
         except Exception as exc:
             core.tracker.matted(stream, values, None)
