@@ -399,6 +399,7 @@ def test_the_exr_reader_reads_what_openimageio_writes(tmp_path, compression):
     expected = np.zeros_like(pixels)
     expected[0:19, 2:30] = pixels[1:20, 0:28]
     assert names == ["R", "G", "B"] and np.array_equal(got, expected)
+    assert got.dtype == np.float16  # half channels stay half (the remote path sends them so)
 
 
 @pytest.mark.parametrize("half", [False, True])

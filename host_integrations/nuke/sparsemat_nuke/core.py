@@ -294,7 +294,7 @@ def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, 
         if transport(settings.address) == "file":
             result, stats = client.matte(stream, frame, path=source, prior_path=prior, **options)
         else:
-            pixels = _compact(exr.read(source, ("R", "G", "B"))[0])
+            pixels = exr.read(source, ("R", "G", "B"))[0]  # float16 as the internal Write renders it
             prior_alpha = None if prior is None else exr.read(prior, ("A",))[0][..., 0]
             result, stats = client.matte(stream, frame, pixels, transport="inline", prior=prior_alpha, **options)
     finally:
@@ -311,12 +311,6 @@ def remove_files(*paths: str | None) -> None:
                 os.remove(path)
             except OSError:
                 pass
-
-
-def _compact(pixels: np.ndarray) -> np.ndarray:
-    """float16 when that loses nothing (the internal Write renders half), else float32."""
-    half = pixels.astype(np.float16)
-    return half if np.array_equal(half.astype(np.float32), pixels) else pixels
 
 
 # ---- what the node shows --------------------------------------------------------------------------------

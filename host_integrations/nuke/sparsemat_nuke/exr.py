@@ -26,7 +26,8 @@ NONE, RLE, ZIPS, ZIP = 0, 1, 2, 3
 LINES_PER_CHUNK = {NONE: 1, ZIPS: 1, ZIP: 16}
 COMPRESSION_NAMES = {0: "none", 1: "rle", 2: "zips", 3: "zip", 4: "piz", 5: "pxr24", 6: "b44", 7: "b44a",
                      8: "dwaa", 9: "dwab", 10: "htj2k256", 11: "htj2k32"}
-PIXEL_TYPES = {0: np.dtype("<u4"), 1: np.dtype("<f2"), 2: np.dtype("<f4")}
+UINT, HALF, FLOAT = 0, 1, 2
+PIXEL_TYPES = {UINT: np.dtype("<u4"), HALF: np.dtype("<f2"), FLOAT: np.dtype("<f4")}
 _TILED, _LONG_NAMES, _DEEP, _MULTIPART = 0x200, 0x400, 0x800, 0x1000
 
 
@@ -96,7 +97,8 @@ def _decode_attribute(kind: str, value: bytes):
 
 
 def read(path: str, channels: tuple[str, ...] | None = None) -> tuple[np.ndarray, list[str]]:
-    """float32 (H, W, C) pixels over the display window, and the channel names.
+    """(H, W, C) pixels over the display window, and the channel names: float16 when the file
+    stores every wanted channel as half (nothing to gain from widening them), else float32.
 
     ``channels``: the names wanted, in that order (missing ones raise ExrError); default all,
     in file order (alphabetical). Pixels outside the data window are 0; overscan is cropped.
@@ -158,8 +160,10 @@ def _read(data: bytes, path: str, wanted: tuple[str, ...] | None) -> tuple[np.nd
         if len(block) != expected:
             raise ExrError(f"'{path}' has a chunk of {len(block)} bytes for line {y}, expected {expected}")
         raw[first : first + count] = np.frombuffer(block, row, count)
-    columns = [raw[f"c{names.index(name)}"].astype(np.float32) for name in wanted]
-    pixels = np.stack(columns, axis=-1) if columns else np.zeros((height, width, 0), np.float32)
+    kinds = {chlist[names.index(name)][1] for name in wanted}
+    dtype = np.float16 if kinds == {HALF} else np.float32
+    columns = [raw[f"c{names.index(name)}"].astype(dtype) for name in wanted]
+    pixels = np.stack(columns, axis=-1) if columns else np.zeros((height, width, 0), dtype)
     return _in_display_window(pixels, header["dataWindow"], header["displayWindow"]), list(wanted)
 
 
@@ -188,7 +192,7 @@ def _in_display_window(pixels: np.ndarray, data_window, display_window) -> np.nd
         return pixels
     dx0, dy0, dx1, dy1 = data_window
     fx0, fy0, fx1, fy1 = display_window
-    frame = np.zeros((fy1 - fy0 + 1, fx1 - fx0 + 1, pixels.shape[2]), np.float32)
+    frame = np.zeros((fy1 - fy0 + 1, fx1 - fx0 + 1, pixels.shape[2]), pixels.dtype)
     left, top, right, bottom = max(dx0, fx0), max(dy0, fy0), min(dx1, fx1), min(dy1, fy1)
     if left <= right and top <= bottom:
         frame[top - fy0 : bottom - fy0 + 1, left - fx0 : right - fx0 + 1] = \
@@ -207,19 +211,21 @@ def _read_with_openimageio(path: str, wanted, reason: ExrError) -> tuple[np.ndar
     try:
         spec = image.spec()
         names = list(spec.channelnames)
-        pixels = image.read_image(0, 0, 0, spec.nchannels, oiio.FLOAT)
+        formats = list(spec.channelformats) or [spec.format] * spec.nchannels
+        wanted = tuple(names) if wanted is None else tuple(wanted)
+        for name in wanted:
+            if name not in names:
+                raise ExrError(f"'{path}' has no channel '{name}' (it has {', '.join(names)})")
+        half = all(formats[names.index(name)] == oiio.HALF for name in wanted)
+        pixels = image.read_image(0, 0, 0, spec.nchannels, oiio.HALF if half else oiio.FLOAT)
         if pixels is None or image.has_error:
             raise ExrError(f"cannot read '{path}': {image.geterror()}")
     finally:
         image.close()
-    wanted = tuple(names) if wanted is None else tuple(wanted)
-    for name in wanted:
-        if name not in names:
-            raise ExrError(f"'{path}' has no channel '{name}' (it has {', '.join(names)})")
     pixels = np.ascontiguousarray(pixels.reshape(spec.height, spec.width, -1)[..., [names.index(n) for n in wanted]])
     window = (spec.x, spec.y, spec.x + spec.width - 1, spec.y + spec.height - 1)
     display = (spec.full_x, spec.full_y, spec.full_x + spec.full_width - 1, spec.full_y + spec.full_height - 1)
-    return _in_display_window(pixels.astype(np.float32), window, display), list(wanted)
+    return _in_display_window(pixels, window, display), list(wanted)
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -239,7 +245,7 @@ def write(path: str, pixels: np.ndarray, channels: tuple[str, ...] = ("A",), hal
         raise ValueError(f"{count} channel(s) of pixels but names {channels}")
     if compression not in LINES_PER_CHUNK:
         raise ValueError(f"compression must be one of NONE, ZIPS, ZIP, got {compression}")
-    kind = 1 if half else 2
+    kind = HALF if half else FLOAT
     dtype = PIXEL_TYPES[kind]
     order = sorted(range(count), key=lambda i: channels[i])
     # Rows of the file: per line, each channel's row in alphabetical order.
