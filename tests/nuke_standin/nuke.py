@@ -44,17 +44,14 @@ _menus: dict = {}
 class Knob:
     default = ""
 
-    def __init__(self, name: str, label: str | None = None, *args):
-        self._name, self._label = name, label if label is not None else name
+    def __init__(self, name: str, label: str | None = None, *args):  # Nuke's signature; the label is not shown
+        self._name = name
         self._value = self.default
         self._tooltip, self._visible = "", True
         self.node = None
 
     def name(self) -> str:
         return self._name
-
-    def label(self) -> str:
-        return self._label
 
     def value(self):
         return self._value
@@ -221,9 +218,6 @@ class Node:
 
     def knob(self, name):
         return self._knobs.get(name)
-
-    def knobs(self) -> dict:
-        return dict(self._knobs)
 
     def __getitem__(self, name):
         try:
