@@ -84,13 +84,11 @@ def default_passes(height: int, width: int) -> tuple[tuple[int, int], ...]:
 
 
 def refine_band(image: torch.Tensor, prior: torch.Tensor, band: torch.Tensor, *,
-                passes: tuple[tuple[int, int], ...] | None = None, eps: float = EPS,
-                confidence_power: float = CONFIDENCE_POWER, confidence_floor: float = CONFIDENCE_FLOOR,
-                snap: float = SNAP, linear: bool = True, tile: int = TILE) -> torch.Tensor:
+                passes: tuple[tuple[int, int], ...] | None = None, snap: float = SNAP, tile: int = TILE
+                ) -> torch.Tensor:
     """Refined alpha (1, 1, H, W): the guided refinement of ``prior`` inside ``band``, ``prior`` elsewhere.
 
-    ``image``: (1, 3, H, W) sRGB-encoded RGB in [0, 1] (``linear=False``: used as it is, not
-    linearized); ``prior``: (1, 1, H, W) coarse alpha upsampled to full size; ``band``:
+    ``image``: (1, 3, H, W) sRGB-encoded RGB in [0, 1]; ``prior``: (1, 1, H, W) coarse alpha upsampled to full size; ``band``:
     (1, 1, H, W), refined where > 0. The output has the prior's dtype and device; outside the band
     it equals the prior exactly, inside it is in [0, 1]. Any device; computed in float32 (window
     statistics in float64). ``passes``: (radius, subsampling) pairs, coarse to fine, by default
@@ -100,8 +98,7 @@ def refine_band(image: torch.Tensor, prior: torch.Tensor, band: torch.Tensor, *,
         passes = default_passes(*image.shape[2:]) if image.dim() == 4 else PASSES
     _check(image, prior, band, passes, tile, snap)
     with torch.no_grad():
-        return _refine(image, prior, band, tuple(passes), eps, confidence_power, confidence_floor,
-                       snap, linear, tile)
+        return _refine(image, prior, band, tuple(passes), snap, tile)
 
 
 def _check(image, prior, band, passes, tile, snap) -> None:
@@ -121,7 +118,7 @@ def _check(image, prior, band, passes, tile, snap) -> None:
         raise ValueError(f"snap must be in [0, 0.5), got {snap}")
 
 
-def _refine(image, prior, band, passes, eps, power, floor, snap, linear, tile):
+def _refine(image, prior, band, passes, snap, tile):
     device = prior.device
     height, width = prior.shape[2:]
     prior32 = prior.to(torch.float32)[0].contiguous()  # (1, H, W)
@@ -134,7 +131,7 @@ def _refine(image, prior, band, passes, eps, power, floor, snap, linear, tile):
     rgb = image[0].to(device=device, dtype=torch.float32).contiguous()
     tiles = _Tiles(active, tile, height, width)
     # Full-resolution data of the active tiles, gathered once.
-    tile_rgb = _encode(tiles.gather(rgb), linear)  # (N, 3, T, T)
+    tile_rgb = srgb_to_linear(tiles.gather(rgb))  # (N, 3, T, T)
     tile_prior = tiles.gather(prior32)
     tile_band = tiles.gather(in_band)
     # Tiles cut by the frame's edge pool only their part inside (as the canvases are filled).
@@ -144,12 +141,12 @@ def _refine(image, prior, band, passes, eps, power, floor, snap, linear, tile):
     for step in sorted({step for _, step in passes}):
         halo = max(_halo(radius // step) for radius, s in passes if s == step)
         levels[step] = _Level(active, tiles, step, halo, device)
-    _fill(levels, rgb, prior32, linear, tile)
+    _fill(levels, rgb, prior32, tile)
 
     alpha = tile_prior
     for index, (radius, step) in enumerate(passes):
         level = levels[step]
-        level.solve(radius // step, eps, power, floor)
+        level.solve(radius // step)
         q = _apply(level.coefficients(tiles), tile_rgb, step, tile)
         last = index == len(passes) - 1
         if last and snap > 0:
@@ -170,15 +167,11 @@ def _halo(radius: int) -> int:
     return 2 * radius + 1
 
 
-def _encode(rgb: torch.Tensor, linear: bool) -> torch.Tensor:
-    return srgb_to_linear(rgb) if linear else rgb
-
-
 def _solve_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _fill(levels: dict, rgb: torch.Tensor, prior: torch.Tensor, linear: bool, tile: int) -> None:
+def _fill(levels: dict, rgb: torch.Tensor, prior: torch.Tensor, tile: int) -> None:
     """Fill the levels' canvases by pooling the union of their regions (views of the frame, no
     gather). The guide is encoded before pooling, so block means are in linear light; coarser
     levels pool the finest level's blocks when their steps are multiples of its step."""
@@ -188,15 +181,15 @@ def _fill(levels: dict, rgb: torch.Tensor, prior: torch.Tensor, linear: bool, ti
     right = max(level.region[3] for level in levels.values())
     region = (top, bottom, left, right)
     finest = min(levels)
-    pooled = _pool_region(rgb, prior, region, finest, linear, tile)
+    pooled = _pool_region(rgb, prior, region, finest, tile)
     for step, level in levels.items():
         if step % finest == 0:
             level.fill(pooled, (top, left), finest)
         else:
-            level.fill(_pool_region(rgb, prior, region, step, linear, tile), (top, left), step)
+            level.fill(_pool_region(rgb, prior, region, step, tile), (top, left), step)
 
 
-def _pool_region(rgb, prior, region, step: int, linear: bool, tile: int) -> torch.Tensor:
+def _pool_region(rgb, prior, region, step: int, tile: int) -> torch.Tensor:
     """(4, h, w): encoded guide and prior over ``region`` (top, bottom, left, right) of the frame,
     pooled by ``step`` (blocks cut by the frame's edge: their part inside), in bands of rows so
     that the encoded full-resolution copy stays small."""
@@ -205,7 +198,7 @@ def _pool_region(rgb, prior, region, step: int, linear: bool, tile: int) -> torc
     rows = tile * max(1, 512 // tile)  # a multiple of the tile, so of the step
     for start in range(top, bottom, rows):
         stop = min(start + rows, bottom)
-        band = torch.cat([_encode(rgb[:, start:stop, left:right], linear), prior[:, start:stop, left:right]])
+        band = torch.cat([srgb_to_linear(rgb[:, start:stop, left:right]), prior[:, start:stop, left:right]])
         pooled = F.avg_pool2d(band[None], step, ceil_mode=True)[0]
         out[:, (start - top) // step:(start - top) // step + pooled.shape[1]] = pooled
     return out
@@ -322,7 +315,7 @@ class _Level:
         view = self.canvas.view(4, self.size[0] // s, s, self.size[1] // s, s).permute(1, 3, 0, 2, 4)
         view[tiles.ty, tiles.tx, 3:4] = pooled.to(self.dtype)
 
-    def solve(self, radius: int, eps: float, power: float, floor: float) -> None:
+    def solve(self, radius: int) -> None:
         """Coefficients (A, b) of every solve block and a one-pixel margin, into ``self.solved``."""
         block, halo = SOLVE_BLOCK, _halo(radius)
         rows, rows_in = _window(self.block_y * block - halo, block + 2 * halo, self.limits[0])
@@ -330,7 +323,7 @@ class _Level:
         crops = self.canvas[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
         inside = (rows_in[:, :, None] & cols_in[:, None, :]).unsqueeze(1).to(self.dtype)
         # (N, 4, block + 2, block + 2): the block and its margin
-        coefficients = _coefficients(crops[:, :3], crops[:, 3:], inside, radius, eps, power, floor)
+        coefficients = _coefficients(crops[:, :3], crops[:, 3:], inside, radius)
         out_rows, rows_ok = _window(self.block_y * block - 1, block + 2, self.size[0])
         out_cols, cols_ok = _window(self.block_x * block - 1, block + 2, self.size[1])
         ok = rows_ok[:, :, None] & cols_ok[:, None, :]  # (N, B, B)
@@ -360,14 +353,14 @@ def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
 _PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
 
-def _coefficients(guide, alpha, inside, radius: int, eps: float, power: float, floor: float) -> torch.Tensor:
+def _coefficients(guide, alpha, inside, radius: int) -> torch.Tensor:
     """Window-averaged (A, b) of the confidence-weighted colour guided filter on (N, ., S, S)
     crops, ``inside`` (N, 1, S, S) marking the pixels in the frame: (N, 4, S - 4r, S - 4r), the
     crop positions 2r .. S - 2r (those whose windows' windows fit in the crop)."""
     # Centre the guide per crop: the filter is shift-invariant, and the sums lose less.
     offset = (guide * inside).sum((2, 3), keepdim=True) / inside.sum((2, 3), keepdim=True).clamp_min(1.0)
     guide = guide - offset
-    weight = inside * (floor + (2.0 * alpha - 1.0).abs() ** power)
+    weight = inside * (CONFIDENCE_FLOOR + (2.0 * alpha - 1.0).abs() ** CONFIDENCE_POWER)
     wg = weight * guide
     stats = torch.cat([weight, wg, weight * alpha, wg * alpha]
                       + [wg[:, i:i + 1] * guide[:, j:j + 1] for i, j in _PAIRS], 1)
@@ -378,12 +371,12 @@ def _coefficients(guide, alpha, inside, radius: int, eps: float, power: float, f
     cov = mean_ip - mean_i * mean_p
     m0, m1, m2 = mean_i[:, 0:1], mean_i[:, 1:2], mean_i[:, 2:3]
     s = means[:, 7:]
-    a00 = s[:, 0:1] - m0 * m0 + eps
+    a00 = s[:, 0:1] - m0 * m0 + EPS
     a01 = s[:, 1:2] - m0 * m1
     a02 = s[:, 2:3] - m0 * m2
-    a11 = s[:, 3:4] - m1 * m1 + eps
+    a11 = s[:, 3:4] - m1 * m1 + EPS
     a12 = s[:, 4:5] - m1 * m2
-    a22 = s[:, 5:6] - m2 * m2 + eps
+    a22 = s[:, 5:6] - m2 * m2 + EPS
     # Symmetric 3 x 3 inverse by cofactors.
     i00 = a11 * a22 - a12 * a12
     i01 = a02 * a12 - a01 * a22
@@ -391,7 +384,7 @@ def _coefficients(guide, alpha, inside, radius: int, eps: float, power: float, f
     i11 = a00 * a22 - a02 * a02
     i12 = a01 * a02 - a00 * a12
     i22 = a00 * a11 - a01 * a01
-    det = (a00 * i00 + a01 * i01 + a02 * i02).clamp_min(eps ** 3)
+    det = (a00 * i00 + a01 * i01 + a02 * i02).clamp_min(EPS ** 3)
     c0, c1, c2 = cov[:, 0:1], cov[:, 1:2], cov[:, 2:3]
     a = torch.cat([i00 * c0 + i01 * c1 + i02 * c2,
                    i01 * c0 + i11 * c1 + i12 * c2,
