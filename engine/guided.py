@@ -91,8 +91,9 @@ def refine_band(image: torch.Tensor, prior: torch.Tensor, band: torch.Tensor, *,
     ``image``: (1, 3, H, W) sRGB-encoded RGB in [0, 1]; ``prior``: (1, 1, H, W) coarse alpha
     upsampled to full size; ``band``: (1, 1, H, W), refined where > 0. The output has the prior's
     dtype and device; outside the band it equals the prior exactly, inside it is in [0, 1]. Any
-    device; computed in float32 (window statistics in float64). ``passes``: (radius, subsampling) pairs, coarse to fine, by default
-    ``default_passes`` for the frame's size. ``tile`` only changes speed, not the result.
+    device; computed in float32 (window statistics in float64). ``passes``: (radius, subsampling)
+    pairs, coarse to fine, by default ``default_passes`` for the frame's size. ``tile`` only
+    changes speed, not the result.
     """
     if passes is None:
         passes = default_passes(*image.shape[2:]) if image.dim() == 4 else PASSES

@@ -93,6 +93,15 @@ def non_finite_values(pixels: torch.Tensor) -> str | None:
     return f"{count} NaN/infinite pixel values (first at x={x}, y={y})"
 
 
+def _finite_range(values: torch.Tensor, source: torch.Tensor, name: str) -> tuple[float, float]:
+    """(min, max) of ``values`` in one pass; NaN reaches both, so a non-finite one raises FrameError
+    naming the first bad pixel of ``source`` (what ``values`` were computed from)."""
+    low, high = (value.item() for value in torch.aminmax(values))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise FrameError(f"the {name} has {non_finite_values(source)}")
+    return low, high
+
+
 def normalize(frame_rgb: torch.Tensor) -> torch.Tensor:
     """(H, W, 3) float32 RGB, display-encoded -> (1, 3, H, W) BGR in [-1, 1], as the model was trained:
     (x - 0.5) / 0.5 of x clipped to [0, 1], computed as 2x - 1 (the same float32 values).
@@ -106,9 +115,7 @@ def normalize(frame_rgb: torch.Tensor) -> torch.Tensor:
     planes = frame_rgb.permute(2, 0, 1)
     for channel in range(3):  # one plane at a time: much faster than a flip and a strided permute copy
         torch.add(minus_one, planes[2 - channel], alpha=2.0, out=image[0, channel])
-    low, high = (value.item() for value in torch.aminmax(image))  # NaN reaches both
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise FrameError(f"the frame has {non_finite_values(frame_rgb)}")
+    low, high = _finite_range(image, frame_rgb, "frame")
     if low < -1.0 or high > 1.0:
         image.clamp_(-1.0, 1.0)
     return image
@@ -117,9 +124,7 @@ def normalize(frame_rgb: torch.Tensor) -> torch.Tensor:
 def checked_prior(prior: torch.Tensor) -> torch.Tensor:
     """A given coarse alpha (h, w) clipped to [0, 1] as a new tensor; NaN or infinity raise FrameError.
     Checked here, among the frame's first operations, rather than by each caller."""
-    low, high = (value.item() for value in torch.aminmax(prior))
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise FrameError(f"the prior has {non_finite_values(prior)}")
+    _finite_range(prior, prior, "prior")
     return prior.clamp(0, 1)
 
 
