@@ -299,9 +299,9 @@ class Engine:
             return [protocol.pack({"id": request_id, "ok": True, "dropped": dropped})]
         stream = self.streams.get(request["stream"])
         if stream.last_reply is not None and stream.last_reply[0] == request_id and request_id is not None:
-            _, frames, write_alpha = stream.last_reply  # a client retry: the same answer, not a second compute
-            if write_alpha is not None:
-                write_alpha()
+            _, frames, alpha_in_shm = stream.last_reply  # a client retry: the same answer, not a second compute
+            if alpha_in_shm is not None:
+                self._write_alpha(*alpha_in_shm)
             return frames
         return self._matte(request_id, request, stream)
 
@@ -334,27 +334,25 @@ class Engine:
                             "spatial_pixels": stats.spatial_pixels, "temporal_pixels": stats.temporal_pixels,
                             "reused": stats.reused, "mode": stats.mode, "note": stats.note,
                             "ms": {"read": read_ms, **stats.ms, "total": (time.perf_counter() - start) * 1000.0}}}
-        write_alpha = None
+        alpha_in_shm = None  # (block, offset, alpha): written again for a retry
         if request["alpha_shm_offset"] is not None:
-            write_alpha = self._shm_writer(request["image"], request["alpha_shm_offset"], alpha)
-            write_alpha()
+            alpha_in_shm = (request["image"]["shm"], request["alpha_shm_offset"], alpha)
+            self._write_alpha(*alpha_in_shm)
             header["alpha_in_shm"] = True
             reply = [protocol.pack(header)]
         else:
             reply = [protocol.pack(header), alpha]  # sent from the array's own buffer
-        stream.last_reply = (request_id, reply, write_alpha)
+        stream.last_reply = (request_id, reply, alpha_in_shm)
         return reply
 
-    def _shm_writer(self, image: dict, offset: int, alpha: np.ndarray):
-        """A function writing ``alpha`` into the client's block at ``offset`` (again, for a retry)."""
+    def _write_alpha(self, block: str, offset: int, alpha: np.ndarray) -> None:
+        """``alpha`` into the client's shared-memory ``block`` at ``offset``."""
         import torch
 
-        def write() -> None:
-            def copy(buffer) -> None:
-                target = np.frombuffer(buffer, dtype=alpha.dtype, count=alpha.size, offset=offset)
-                torch.from_numpy(target).copy_(torch.from_numpy(alpha.reshape(-1)))  # threaded, unlike numpy's
-            self._blocks.read(image["shm"], offset + alpha.nbytes, copy)
-        return write
+        def copy(buffer) -> None:
+            target = np.frombuffer(buffer, dtype=alpha.dtype, count=alpha.size, offset=offset)
+            torch.from_numpy(target).copy_(torch.from_numpy(alpha.reshape(-1)))  # threaded, unlike numpy's
+        self._blocks.read(block, offset + alpha.nbytes, copy)
 
 
 def _raw_pixels(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:

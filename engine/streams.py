@@ -21,7 +21,8 @@ class Stream:
     state: MatteState | None = None
     frame: int | None = None
     last_used: float = 0.0
-    last_reply: tuple | None = None  # (request id, reply frames, rewrite of a shared-memory alpha or None)
+    # (request id, reply frames, (block, offset, alpha) when the alpha went to shared memory, else None)
+    last_reply: tuple | None = None
 
     @property
     def nbytes(self) -> int:

@@ -180,6 +180,33 @@ def test_a_retried_request_is_answered_from_cache(engine, reference):
     assert EngineClient(engine[0]).status()["frames_served"] == served + 1
 
 
+def test_a_retried_shared_memory_request_writes_its_alpha_again(engine, reference):
+    """The client may have reused the slot since the lost reply: the cached answer rewrites the alpha."""
+    from multiprocessing import shared_memory
+
+    frame = frames_of(reference, 1)[0]
+    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
+    block = shared_memory.SharedMemory(create=True, size=frame.nbytes + alpha_bytes)
+    slot = None
+    try:
+        np.frombuffer(block.buf, dtype=np.float32, count=frame.size)[:] = frame.reshape(-1)
+        slot = np.frombuffer(block.buf, dtype=np.float32, count=alpha_bytes // 4, offset=frame.nbytes)
+        request = header(op="matte", id="retry-shm", stream="r-shm", frame=1, alpha_shm_offset=frame.nbytes,
+                         image={"shape": list(frame.shape), "dtype": "float32", "transport": "shm",
+                                "shm": block.name})
+        served = EngineClient(engine[0]).status()["frames_served"]
+        assert raw_request(engine[0], request, timeout_ms=60000)["alpha_in_shm"]
+        alpha = slot.copy()
+        slot[:] = -1.0
+        assert raw_request(engine[0], request, timeout_ms=60000)["alpha_in_shm"]
+        assert np.array_equal(slot, alpha) and alpha.min() >= 0.0
+        assert EngineClient(engine[0]).status()["frames_served"] == served + 1
+    finally:
+        slot = None  # a view of the block: it cannot close while one exists
+        block.close()
+        block.unlink()
+
+
 def test_temporal_reuse_only_for_the_next_frame_and_off_on_keyframes(engine, reference):
     frames = frames_of(reference, 3)
     client = EngineClient(engine[0])
