@@ -301,7 +301,8 @@ class Engine:
         if stream.last_reply is not None and stream.last_reply[0] == request_id and request_id is not None:
             _, frames, alpha_in_shm = stream.last_reply  # a client retry: the same answer, not a second compute
             if alpha_in_shm is not None:
-                self._write_alpha(*alpha_in_shm)
+                block, offset, alpha = alpha_in_shm
+                _fill(self._alpha_slot(block, offset, alpha.dtype, alpha.size), alpha)
             return frames
         return self._matte(request_id, request, stream)
 
@@ -315,6 +316,11 @@ class Engine:
         # frame is normalized, so no other block is opened (or evicted) in between.
         prior = None if request["prior"] is None else _load_prior(request["prior"], self._blocks)
         frame_rgb = _load_image(request["image"], request["colourspace"], self._blocks)
+        # The alpha's slot is mapped now, not after the compute, when this thread's caches are
+        # cold; and a block too small for the alpha is refused before the frame is computed.
+        alpha_slot = None if request["alpha_shm_offset"] is None else self._alpha_slot(
+            request["image"]["shm"], request["alpha_shm_offset"], protocol.DTYPES[request["alpha_dtype"]],
+            frame_rgb.shape[0] * frame_rgb.shape[1])
         read_ms = (time.perf_counter() - start) * 1000.0
         previous = self.streams.previous_state(stream, request["frame"], request["temporal"], request["keyframe_interval"])
         matter = self.matter.with_budget(request["max_pixels"])
@@ -335,9 +341,9 @@ class Engine:
                             "reused": stats.reused, "mode": stats.mode, "note": stats.note,
                             "ms": {"read": read_ms, **stats.ms, "total": (time.perf_counter() - start) * 1000.0}}}
         alpha_in_shm = None  # (block, offset, alpha): written again for a retry
-        if request["alpha_shm_offset"] is not None:
+        if alpha_slot is not None:
+            _fill(alpha_slot, alpha)
             alpha_in_shm = (request["image"]["shm"], request["alpha_shm_offset"], alpha)
-            self._write_alpha(*alpha_in_shm)
             header["alpha_in_shm"] = True
             reply = [protocol.pack(header)]
         else:
@@ -345,14 +351,17 @@ class Engine:
         stream.last_reply = (request_id, reply, alpha_in_shm)
         return reply
 
-    def _write_alpha(self, block: str, offset: int, alpha: np.ndarray) -> None:
-        """``alpha`` into the client's shared-memory ``block`` at ``offset``."""
-        import torch
+    def _alpha_slot(self, block: str, offset: int, dtype, count: int) -> np.ndarray:
+        """A writable view of the client's shared-memory ``block`` from ``offset``: room for ``count`` alphas."""
+        nbytes = count * np.dtype(dtype).itemsize
+        return self._blocks.read(block, offset + nbytes,
+                                 lambda buffer: np.frombuffer(buffer, dtype=dtype, count=count, offset=offset))
 
-        def copy(buffer) -> None:
-            target = np.frombuffer(buffer, dtype=alpha.dtype, count=alpha.size, offset=offset)
-            torch.from_numpy(target).copy_(torch.from_numpy(alpha.reshape(-1)))  # threaded, unlike numpy's
-        self._blocks.read(block, offset + alpha.nbytes, copy)
+
+def _fill(slot: np.ndarray, alpha: np.ndarray) -> None:
+    import torch
+
+    torch.from_numpy(slot).copy_(torch.from_numpy(alpha.reshape(-1)))  # threaded, unlike numpy's
 
 
 def _raw_pixels(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
