@@ -458,6 +458,24 @@ def test_a_shared_memory_block_shrunk_after_use_is_refused_not_a_crash(engine, r
         block.unlink()
 
 
+def test_a_block_without_room_for_the_alpha_is_refused_before_the_frame_is_computed(engine, reference):
+    from multiprocessing import shared_memory
+
+    frame = frames_of(reference, 1)[0]
+    block = shared_memory.SharedMemory(create=True, size=frame.nbytes + 64)  # a float32 alpha needs a third more
+    try:
+        np.frombuffer(block.buf, dtype=np.float32, count=frame.size)[:] = frame.reshape(-1)
+        image = {"shape": list(frame.shape), "dtype": "float32", "transport": "shm", "shm": block.name}
+        served = EngineClient(engine[0]).status()["frames_served"]
+        reply = raw_request(engine[0], header(op="matte", id=73, stream="no-room", frame=1, image=image,
+                                              alpha_shm_offset=frame.nbytes), timeout_ms=60000)
+        assert reply["ok"] is False and reply["error"]["code"] == "size_mismatch", reply
+        assert EngineClient(engine[0]).status()["frames_served"] == served
+    finally:
+        block.close()
+        block.unlink()
+
+
 def test_shared_memory_alphas_are_views_that_are_never_overwritten_while_held(engine, reference):
     """Alphas through shared memory are lent views of the client's block, not copies: a slot is reused
     only once nothing refers to its alpha, or to anything made from it."""
