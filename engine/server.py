@@ -18,6 +18,7 @@ import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
 import zmq
@@ -401,8 +402,6 @@ class SharedMemoryBlocks:
 
     def read(self, name: str, nbytes: int, read):
         """``read(buffer)`` on the block ``name``, which must hold at least ``nbytes``."""
-        from multiprocessing import resource_tracker, shared_memory
-
         try:
             info = os.stat(os.path.join("/dev/shm", name.lstrip("/")))
             key = (name, info.st_ino)
