@@ -230,7 +230,7 @@ class EngineClient:
             socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
             socket.setsockopt(zmq.SNDHWM, 16)
             # A zero-copy send costs pyzmq more than copying a payload this small (a prior: 130 KB
-            # at 1080p, 0.5 MB at 4K); frames stay zero-copy.
+            # at 1080p, 0.5 MB at 4K); larger frames stay zero-copy.
             socket.copy_threshold = 1 << 20
             socket.connect(self.address)
             self._socket = socket
