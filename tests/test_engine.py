@@ -1,6 +1,7 @@
 """The engine daemon against real processes on real ZeroMQ sockets."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from multiprocessing import shared_memory
 
 import msgpack
 import numpy as np
@@ -31,6 +33,23 @@ def frames_of(reference, count, size=(48, 64)):
     """Small distinct frames cut from the reference clip, as float32 sRGB."""
     clip = reference["frames"].astype(np.float32) / 255
     return [np.ascontiguousarray(clip[i % 3, 8 * (i // 3) % 64:][: size[0], : size[1]]) for i in range(count)]
+
+
+@contextlib.contextmanager
+def frame_in_shared_memory(frame, size=None, name=None):
+    """A shared-memory block (``size`` bytes, default the frame's) holding ``frame`` from offset 0, as a
+    client's block does; closed and unlinked afterwards."""
+    block = shared_memory.SharedMemory(name=name, create=True, size=size or frame.nbytes)
+    try:
+        np.frombuffer(block.buf, dtype=frame.dtype, count=frame.size)[:] = frame.reshape(-1)
+        yield block
+    finally:
+        block.close()
+        block.unlink()
+
+
+def shm_image(frame, block) -> dict:
+    return {"shape": list(frame.shape), "dtype": "float32", "transport": "shm", "shm": block.name}
 
 
 def raw_request(address, *frames, timeout_ms=10000):
@@ -182,29 +201,21 @@ def test_a_retried_request_is_answered_from_cache(engine, reference):
 
 def test_a_retried_shared_memory_request_writes_its_alpha_again(engine, reference):
     """The client may have reused the slot since the lost reply: the cached answer rewrites the alpha."""
-    from multiprocessing import shared_memory
-
     frame = frames_of(reference, 1)[0]
     alpha_bytes = frame.shape[0] * frame.shape[1] * 4
-    block = shared_memory.SharedMemory(create=True, size=frame.nbytes + alpha_bytes)
-    slot = None
-    try:
-        np.frombuffer(block.buf, dtype=np.float32, count=frame.size)[:] = frame.reshape(-1)
-        slot = np.frombuffer(block.buf, dtype=np.float32, count=alpha_bytes // 4, offset=frame.nbytes)
+    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes) as block:
+        def slot():  # a fresh view each time: the block cannot close while one is held
+            return np.frombuffer(block.buf, dtype=np.float32, count=alpha_bytes // 4, offset=frame.nbytes)
         request = header(op="matte", id="retry-shm", stream="r-shm", frame=1, alpha_shm_offset=frame.nbytes,
-                         image={"shape": list(frame.shape), "dtype": "float32", "transport": "shm",
-                                "shm": block.name})
+                         image=shm_image(frame, block))
         served = EngineClient(engine[0]).status()["frames_served"]
         assert raw_request(engine[0], request, timeout_ms=60000)["alpha_in_shm"]
-        alpha = slot.copy()
-        slot[:] = -1.0
+        alpha = slot().copy()
+        slot()[:] = -1.0
         assert raw_request(engine[0], request, timeout_ms=60000)["alpha_in_shm"]
-        assert np.array_equal(slot, alpha) and alpha.min() >= 0.0
+        rewritten = slot().copy()  # not slot() inside the assert, whose values pytest keeps
+        assert np.array_equal(rewritten, alpha) and alpha.min() >= 0.0
         assert EngineClient(engine[0]).status()["frames_served"] == served + 1
-    finally:
-        slot = None  # a view of the block: it cannot close while one exists
-        block.close()
-        block.unlink()
 
 
 def test_temporal_reuse_only_for_the_next_frame_and_off_on_keyframes(engine, reference):
@@ -368,26 +379,20 @@ def test_plugin_never_imports_torch():
 
 
 def test_a_shared_memory_name_reused_for_a_new_block_is_read_afresh(engine, reference):
-    from multiprocessing import shared_memory
-
     first, second = frames_of(reference, 2)
     client = EngineClient(engine[0])
     expected = client.matte("shm-expected", 1, second)[0]
     name = f"sparsemat-test-{os.getpid()}"
     for index, frame in enumerate((first, second)):
-        block = shared_memory.SharedMemory(name=name, create=True, size=frame.nbytes)
-        np.frombuffer(block.buf, dtype=np.float32, count=frame.size)[:] = frame.reshape(-1)
-        request = msgpack.packb({"v": 1, "id": f"shm-{index}", "op": "matte", "stream": f"shm-{index}", "frame": 1,
-                                 "image": {"shape": list(frame.shape), "dtype": "float32", "transport": "shm",
-                                           "shm": name}})
-        socket = zmq.Context.instance().socket(zmq.DEALER)
-        socket.connect(engine[0])
-        socket.send(request)
-        assert socket.poll(60000)
-        header, alpha = socket.recv_multipart()
-        socket.close(linger=0)
-        block.close()
-        block.unlink()
+        with frame_in_shared_memory(frame, name=name) as block:
+            request = msgpack.packb({"v": 1, "id": f"shm-{index}", "op": "matte", "stream": f"shm-{index}", "frame": 1,
+                                     "image": shm_image(frame, block)})
+            socket = zmq.Context.instance().socket(zmq.DEALER)
+            socket.connect(engine[0])
+            socket.send(request)
+            assert socket.poll(60000)
+            header, alpha = socket.recv_multipart()
+            socket.close(linger=0)
     assert msgpack.unpackb(header)["ok"]
     assert np.array_equal(np.frombuffer(alpha, dtype=np.float32).reshape(expected.shape), expected)
 
@@ -440,40 +445,26 @@ def test_a_full_dev_shm_falls_back_to_inline_instead_of_crashing(seed1_checkpoin
 def test_a_shared_memory_block_shrunk_after_use_is_refused_not_a_crash(engine, reference):
     """A block the engine has mapped and the client then shrinks: reading the old mapping past the new
     end would be a SIGBUS in the engine."""
-    from multiprocessing import shared_memory
-
     frame = frames_of(reference, 1)[0]
-    block = shared_memory.SharedMemory(create=True, size=frame.nbytes)
-    try:
-        np.frombuffer(block.buf, dtype=np.float32, count=frame.size)[:] = frame.reshape(-1)
-        image = {"shape": list(frame.shape), "dtype": "float32", "transport": "shm", "shm": block.name}
+    with frame_in_shared_memory(frame) as block:
+        image = shm_image(frame, block)
         first = raw_request(engine[0], header(op="matte", id=71, stream="shrunk", frame=1, image=image), timeout_ms=60000)
         assert first["ok"], first
         os.truncate(os.path.join("/dev/shm", block.name.lstrip("/")), frame.nbytes // 2)
         second = raw_request(engine[0], header(op="matte", id=72, stream="shrunk", frame=2, image=image), timeout_ms=60000)
         assert second["ok"] is False and second["error"]["code"] == "size_mismatch", second
         assert EngineClient(engine[0]).status()["pid"] == engine[1]
-    finally:
-        block.close()
-        block.unlink()
 
 
 def test_a_block_without_room_for_the_alpha_is_refused_before_the_frame_is_computed(engine, reference):
-    from multiprocessing import shared_memory
-
     frame = frames_of(reference, 1)[0]
-    block = shared_memory.SharedMemory(create=True, size=frame.nbytes + 64)  # a float32 alpha needs a third more
-    try:
-        np.frombuffer(block.buf, dtype=np.float32, count=frame.size)[:] = frame.reshape(-1)
-        image = {"shape": list(frame.shape), "dtype": "float32", "transport": "shm", "shm": block.name}
+    with frame_in_shared_memory(frame, frame.nbytes + 64) as block:  # a float32 alpha needs a third more
         served = EngineClient(engine[0]).status()["frames_served"]
-        reply = raw_request(engine[0], header(op="matte", id=73, stream="no-room", frame=1, image=image,
-                                              alpha_shm_offset=frame.nbytes), timeout_ms=60000)
+        request = header(op="matte", id=73, stream="no-room", frame=1, image=shm_image(frame, block),
+                         alpha_shm_offset=frame.nbytes)
+        reply = raw_request(engine[0], request, timeout_ms=60000)
         assert reply["ok"] is False and reply["error"]["code"] == "size_mismatch", reply
         assert EngineClient(engine[0]).status()["frames_served"] == served
-    finally:
-        block.close()
-        block.unlink()
 
 
 def test_shared_memory_alphas_are_views_that_are_never_overwritten_while_held(engine, reference):
