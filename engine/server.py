@@ -302,8 +302,8 @@ class Engine:
         if stream.last_reply is not None and stream.last_reply[0] == request_id and request_id is not None:
             _, frames, alpha_in_shm = stream.last_reply  # a client retry: the same answer, not a second compute
             if alpha_in_shm is not None:
-                block, offset, alpha = alpha_in_shm
-                _fill(self._alpha_slot(block, offset, alpha.dtype, alpha.size), alpha)
+                block, offset, dtype, alpha = alpha_in_shm
+                self._alpha_slot(block, offset, dtype, alpha.shape).copy_(alpha)
             return frames
         return self._matte(request_id, request, stream)
 
@@ -321,7 +321,7 @@ class Engine:
         # cold; and a block too small for the alpha is refused before the frame is computed.
         alpha_slot = None if request["alpha_shm_offset"] is None else self._alpha_slot(
             request["image"]["shm"], request["alpha_shm_offset"], protocol.DTYPES[request["alpha_dtype"]],
-            frame_rgb.shape[0] * frame_rgb.shape[1])
+            frame_rgb.shape[:2])
         read_ms = (time.perf_counter() - start) * 1000.0
         previous = self.streams.previous_state(stream, request["frame"], request["temporal"], request["keyframe_interval"])
         matter = self.matter.with_budget(request["max_pixels"])
@@ -333,7 +333,8 @@ class Engine:
         # Kept even when this frame did not reuse: the next one may. Inside the frame's total:
         # replacing the previous state frees its frame and alpha, as an in-process loop does.
         self.streams.record(request["stream"], request["frame"], state)
-        alpha = alpha.cpu().numpy().astype(protocol.DTYPES[request["alpha_dtype"]], copy=False)
+        if alpha_slot is None:
+            alpha = alpha.cpu().numpy().astype(protocol.DTYPES[request["alpha_dtype"]], copy=False)
         self.frames_served += 1
         header = {"id": request_id, "ok": True, "stream": request["stream"], "frame": request["frame"],
                   "shape": list(alpha.shape), "dtype": request["alpha_dtype"],
@@ -341,10 +342,12 @@ class Engine:
                             "spatial_pixels": stats.spatial_pixels, "temporal_pixels": stats.temporal_pixels,
                             "reused": stats.reused, "mode": stats.mode, "note": stats.note,
                             "ms": {"read": read_ms, **stats.ms, "total": (time.perf_counter() - start) * 1000.0}}}
-        alpha_in_shm = None  # (block, offset, alpha): written again for a retry
+        alpha_in_shm = None  # (block, offset, dtype, alpha): written again for a retry
         if alpha_slot is not None:
-            _fill(alpha_slot, alpha)
-            alpha_in_shm = (request["image"]["shm"], request["alpha_shm_offset"], alpha)
+            # From the model's own alpha, whatever its device: a GPU's goes straight into the slot.
+            alpha_slot.copy_(alpha)
+            alpha_in_shm = (request["image"]["shm"], request["alpha_shm_offset"],
+                            protocol.DTYPES[request["alpha_dtype"]], alpha)
             header["alpha_in_shm"] = True
             reply = [protocol.pack(header)]
         else:
@@ -352,17 +355,13 @@ class Engine:
         stream.last_reply = (request_id, reply, alpha_in_shm)
         return reply
 
-    def _alpha_slot(self, block: str, offset: int, dtype, count: int) -> np.ndarray:
-        """A writable view of the client's shared-memory ``block`` from ``offset``: room for ``count`` alphas."""
-        nbytes = count * np.dtype(dtype).itemsize
-        return self._blocks.read(block, offset + nbytes,
-                                 lambda buffer: np.frombuffer(buffer, dtype=dtype, count=count, offset=offset))
+    def _alpha_slot(self, block: str, offset: int, dtype, shape):
+        """A writable (H, W) tensor over the client's shared-memory ``block`` from ``offset``."""
+        import torch
 
-
-def _fill(slot: np.ndarray, alpha: np.ndarray) -> None:
-    import torch
-
-    torch.from_numpy(slot).copy_(torch.from_numpy(alpha.reshape(-1)))  # threaded, unlike numpy's
+        count = shape[0] * shape[1]
+        return self._blocks.read(block, offset + count * np.dtype(dtype).itemsize, lambda buffer: torch.from_numpy(
+            np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)))
 
 
 def _raw_pixels(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:

@@ -182,8 +182,11 @@ def test_transports_give_the_same_alpha(engine, reference, tmp_path):
     write_rgb(tmp_path / "f.png", eight_bit)
     from_file, _ = client.matte("t-file", 1, path=str(tmp_path / "f.png"))
     from_uint8, stats = client.matte("t-u8", 1, eight_bit, alpha_dtype="float16")
+    half_inline, _ = client.matte("t-half", 1, frame, alpha_dtype="float16")
+    half_shared, _ = client.matte("t-half-shm", 1, frame, transport="shm", alpha_dtype="float16")
     client.close()
     assert np.array_equal(inline, shared)
+    assert half_shared.dtype == np.float16 and np.array_equal(half_inline, half_shared)
     assert np.array_equal(from_file, from_uint8.astype(np.float32)) or np.abs(from_file - from_uint8).max() < 1e-3
     assert from_uint8.dtype == np.float16 and set(stats["ms"]) >= {"read", "prior", "masks", "refine", "compose", "total"}
 
@@ -216,6 +219,28 @@ def test_a_retried_shared_memory_request_writes_its_alpha_again(engine, referenc
         rewritten = slot().copy()  # not slot() inside the assert, whose values pytest keeps
         assert np.array_equal(rewritten, alpha) and alpha.min() >= 0.0
         assert EngineClient(engine[0]).status()["frames_served"] == served + 1
+
+
+def test_a_stream_keeps_its_own_copy_of_an_alpha_written_into_shared_memory(engine, reference):
+    """The slot is the client's again once the reply has arrived: the stream's next frame reuses
+    the engine's own alpha, not whatever the slot holds by then."""
+    frame = frames_of(reference, 1)[0]
+    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
+    client = EngineClient(engine[0])
+    expected = [client.matte("own-inline", number, frame)[0].copy() for number in (1, 2)]
+    client.close()
+    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes) as block:
+        slot = np.frombuffer(block.buf, dtype=np.float32, count=alpha_bytes // 4, offset=frame.nbytes)
+        replies = []
+        for number in (1, 2):
+            request = header(op="matte", id=f"own-{number}", stream="own-shm", frame=number,
+                             alpha_shm_offset=frame.nbytes, image=shm_image(frame, block))
+            replies.append(raw_request(engine[0], request, timeout_ms=60000))
+            alpha = slot.reshape(frame.shape[:2]).copy()
+            assert np.array_equal(alpha, expected[number - 1])
+            slot[:] = -1.0
+        del slot
+    assert replies[1]["stats"]["reused"] and replies[1]["stats"]["temporal_pixels"] == 0
 
 
 def test_temporal_reuse_only_for_the_next_frame_and_off_on_keyframes(engine, reference):
