@@ -391,11 +391,12 @@ class SharedMemoryBlocks:
     """Clients' shared-memory blocks, kept attached between requests (worker thread only).
 
     Attaching maps the block anew and every page then faults on first touch, which cost more
-    than the copy itself; clients reuse one block, so the mapping is kept. A block is known by
-    its name and inode, so a name reused for a new block is attached afresh, and so is a block
-    whose size changed. A view from ``read`` is valid until the next ``read`` or ``close``."""
+    than the copy itself; clients reuse their blocks (one for frames, one for priors), so the
+    mappings are kept. A block is known by its name and inode, so a name reused for a new block
+    is attached afresh, and so is a block whose size changed. A view from ``read`` is valid
+    until the next ``read`` or ``close``."""
 
-    def __init__(self, keep: int = 8):
+    def __init__(self, keep: int = 16):
         self.keep = keep
         self._blocks: OrderedDict = OrderedDict()  # (name, inode) -> SharedMemory
 

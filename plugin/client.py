@@ -67,8 +67,9 @@ class EngineClient:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid()}-{id(self):x}"
-        self._block: SharedBlock | None = None
-        self._block_refused: int | None = None  # the smallest frame size the system had no room for
+        # Shared-memory blocks by role: "image" (with the alpha slots) and "prior".
+        self._blocks: dict[str, SharedBlock] = {}
+        self._refused: dict[str, int] = {}  # by role, the smallest size the system had no room for
 
     # ---- operations ----------------------------------------------------------------------------
     def hello(self) -> dict:
@@ -92,7 +93,8 @@ class EngineClient:
         C in 1, 3, 4, sent ``inline`` or through ``shm`` (shared memory, for an engine on this machine;
         inline, with a logged warning, when the system has no room for the block); or ``path`` of a
         file the engine reads.
-        The optional coarse alpha: ``prior`` (an array, sent inline) or ``prior_path`` (a file).
+        The optional coarse alpha: ``prior`` (an array, sent by ``transport`` as the image is, in a
+        block of its own through ``shm``) or ``prior_path`` (a file).
         Through ``shm`` the alpha is a view of this client's block, not a copy; it stays valid for as
         long as anything refers to it (see shared_block.py)."""
         header = {"op": "matte", "stream": stream, "frame": int(frame), "temporal": temporal,
@@ -110,18 +112,19 @@ class EngineClient:
             if path is not None:
                 header["image"] = {"transport": "file", "path": os.path.abspath(path)}
             else:
-                header["image"] = self._pixel_block(image, transport, payload)
-                slot = self._block.free_slot() if header["image"]["transport"] == "shm" else None
+                header["image"] = self._pixel_block(image, transport, payload, "image")
+                slot = self._blocks["image"].free_slot() if header["image"]["transport"] == "shm" else None
                 if slot is not None:  # else every slot's alpha is still held: this one comes inline
-                    header["alpha_shm_offset"] = self._block.slot_offset(slot)
+                    header["alpha_shm_offset"] = self._blocks["image"].slot_offset(slot)
             if prior_path is not None:
                 header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
             elif prior is not None:
-                header["prior"] = self._pixel_block(np.asarray(prior, dtype=np.float32)[..., None], "inline", payload)
+                header["prior"] = self._pixel_block(np.asarray(prior, dtype=np.float32)[..., None], transport, payload,
+                                                    "prior")
             reply, frames = self._request_locked(header, payload, self.retries)
             dtype, shape = protocol.DTYPES[reply["dtype"]], reply["shape"]
             if reply.get("alpha_in_shm"):
-                alpha = self._block.alpha(slot, dtype, tuple(shape))
+                alpha = self._blocks["image"].alpha(slot, dtype, tuple(shape))
             else:
                 alpha = np.frombuffer(frames[0], dtype=dtype).reshape(shape)
         return alpha, reply["stats"]
@@ -138,7 +141,7 @@ class EngineClient:
         self.close()
 
     # ---- pixels ------------------------------------------------------------------------------
-    def _pixel_block(self, pixels: np.ndarray, transport: str, payload: list) -> dict:
+    def _pixel_block(self, pixels: np.ndarray, transport: str, payload: list, role: str) -> dict:
         pixels = np.ascontiguousarray(pixels)
         if pixels.ndim == 2:
             pixels = pixels[..., None]
@@ -149,36 +152,38 @@ class EngineClient:
             payload.append(memoryview(pixels).cast("B"))
             block["frame"] = len(payload)
         elif transport == "shm":
-            name = self._copy_to_shared_memory(pixels)
+            name = self._copy_to_shared_memory(pixels, role)
             if name is None:
-                return self._pixel_block(pixels, "inline", payload)
+                return self._pixel_block(pixels, "inline", payload, role)
             block["shm"] = name
         else:
             raise ValueError(f"transport must be 'inline' or 'shm' for pixels, got {transport!r}")
         return block
 
-    def _copy_to_shared_memory(self, pixels: np.ndarray) -> str | None:
-        """The frame into this client's block (grown as needed), whose name it returns; None when
-        the system has no room for a block that large: the caller sends the pixels inline."""
-        alpha_bytes = pixels.shape[0] * pixels.shape[1] * 4  # room for a float32 alpha
-        if self._block is None or not self._block.fits(pixels.nbytes, alpha_bytes):
-            if self._block_refused is not None and pixels.nbytes >= self._block_refused:
+    def _copy_to_shared_memory(self, pixels: np.ndarray, role: str) -> str | None:
+        """The pixels into this client's block for ``role`` (grown as needed), whose name it returns;
+        None when the system has no room for a block that large: the caller sends the pixels inline."""
+        alpha_bytes = pixels.shape[0] * pixels.shape[1] * 4 if role == "image" else 0  # room for a float32 alpha
+        block = self._blocks.get(role)
+        if block is None or not block.fits(pixels.nbytes, alpha_bytes):
+            if pixels.nbytes >= self._refused.get(role, pixels.nbytes + 1):
                 return None
-            self._drop_shared_memory()
+            if block is not None:
+                block.close()
+                del self._blocks[role]
             try:
-                self._block = SharedBlock(pixels.nbytes, alpha_bytes)
+                block = self._blocks[role] = SharedBlock(pixels.nbytes, alpha_bytes)
             except OSError as exc:
-                self._block_refused = pixels.nbytes
-                log.warning("shared memory: no room for a %d-byte frame and its alphas (%s); sending frames "
-                            "this large inline", pixels.nbytes, exc.strerror or exc)
+                self._refused[role] = pixels.nbytes
+                log.warning("shared memory: no room for a %d-byte %s block (%s); sending %s pixels this large inline",
+                            pixels.nbytes, role, exc.strerror or exc, role)
                 return None
-        self._block.write_frame(pixels)
-        return self._block.name
+        block.write_pixels(pixels)
+        return block.name
 
     def _drop_shared_memory(self) -> None:
-        if self._block is not None:
-            self._block.close()
-            self._block = None
+        while self._blocks:
+            self._blocks.popitem()[1].close()
 
     # ---- the Lazy Pirate loop ------------------------------------------------------------------
     def _request(self, header: dict, payload: list | None = None, retries: int | None = None):

@@ -1,10 +1,11 @@
 """A client's shared-memory block: frames reach a local engine, and alphas come back, without copies.
 
-Layout: the frame from offset 0, then ``ALPHA_SLOTS`` slots for a float32 alpha. The engine
-reads the frame in place and writes the alpha into the slot a request names. The alpha the
-client returns is a read-only view of its slot, so it is never copied; a slot is used again
-only once nothing refers to that view any more (nor to any array, view, memoryview or tensor
-made from it). A caller that holds more alphas than there are slots gets the next one inline.
+Layout: the frame from offset 0, then ``ALPHA_SLOTS`` slots for a float32 alpha (none in the
+block that carries a prior). The engine reads the frame in place and writes the alpha into
+the slot a request names. The alpha the client returns is a read-only view of its slot, so it
+is never copied; a slot is used again only once nothing refers to that view any more (nor to
+any array, view, memoryview or tensor made from it). A caller that holds more alphas than
+there are slots gets the next one inline.
 
 How liveness is known: each view is made from its own ctypes array over the block's second
 mapping. numpy and torch keep that ctypes array alive (numpy keeps no buffer export, so the
@@ -52,7 +53,8 @@ class SharedBlock:
     def _reserve_and_map(self, size: int) -> mmap.mmap | None:
         """Back every page now: tmpfs hands pages out on first write, and a write past a full
         /dev/shm (a container's is often 64 MiB) kills the process with SIGBUS; reserving turns
-        that into an OSError here. Returns the mapping alphas are lent from (None off Linux)."""
+        that into an OSError here. Returns the mapping alphas are lent from (None off Linux, and
+        for a block without alpha slots)."""
         path = os.path.join("/dev/shm", self._memory.name.lstrip("/"))
         if not os.path.exists(path):
             return None
@@ -60,7 +62,7 @@ class SharedBlock:
         try:
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(descriptor, 0, size)
-            return mmap.mmap(descriptor, size)
+            return mmap.mmap(descriptor, size) if self.slot_bytes else None
         finally:
             os.close(descriptor)
 
@@ -71,7 +73,7 @@ class SharedBlock:
     def fits(self, frame_bytes: int, alpha_bytes: int) -> bool:
         return frame_bytes <= self.frame_bytes and alpha_bytes <= self.slot_bytes
 
-    def write_frame(self, pixels: np.ndarray) -> None:
+    def write_pixels(self, pixels: np.ndarray) -> None:
         np.frombuffer(self._memory.buf, dtype=pixels.dtype, count=pixels.size)[:] = pixels.reshape(-1)
 
     def free_slot(self) -> int | None:

@@ -191,6 +191,22 @@ def test_transports_give_the_same_alpha(engine, reference, tmp_path):
     assert from_uint8.dtype == np.float16 and set(stats["ms"]) >= {"read", "prior", "masks", "refine", "compose", "total"}
 
 
+def test_a_prior_travels_as_the_image_does(engine, reference):
+    """Through shm the prior goes in a block of its own (a full-resolution one is as large as a
+    quarter of the frame), with the same alpha as inline; closing the client removes both blocks."""
+    frame = frames_of(reference, 1)[0]
+    client = EngineClient(engine[0])
+    prior = client.matte("prior-source", 1, frame)[0].copy()  # a full-resolution coarse alpha
+    inline, _ = client.matte("prior-inline", 1, frame, prior=prior)
+    before = set(os.listdir("/dev/shm"))
+    shared, _ = client.matte("prior-shm", 1, frame, prior=prior, transport="shm")
+    blocks = set(os.listdir("/dev/shm")) - before
+    client.close()
+    assert np.array_equal(inline, shared)
+    assert len(blocks) == 2, blocks  # the frame's (with the alpha slots) and the prior's
+    assert not blocks & set(os.listdir("/dev/shm"))
+
+
 def test_a_retried_request_is_answered_from_cache(engine, reference):
     frame = frames_of(reference, 1)[0]
     served = EngineClient(engine[0]).status()["frames_served"]
@@ -464,7 +480,7 @@ def test_a_full_dev_shm_falls_back_to_inline_instead_of_crashing(seed1_checkpoin
         stop_engine(address, tmp_path)
     assert result.returncode == 0, f"client exited {result.returncode}: {result.stderr[-2000:]}"
     assert json.loads(result.stdout.splitlines()[-1]) == {"small": True, "large": True}
-    assert "sending frames this large inline" in result.stderr
+    assert "sending image pixels this large inline" in result.stderr
 
 
 def test_a_shared_memory_block_shrunk_after_use_is_refused_not_a_crash(engine, reference):
