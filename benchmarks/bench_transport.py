@@ -3,7 +3,8 @@
     python benchmarks/bench_transport.py --checkpoint CKPT [--sizes 1080p,4k] [--repeats 5] [--out FILE]
 
 For each size and transport (inline over ipc, inline over tcp, shared memory, file
-path), a real engine process mattes the same frame repeatedly. The transport cost
+path), a real engine process mattes the same frame repeatedly; shared memory once more
+with a full-resolution prior (a host's roto or coarse matte), which travels in a block of its own. The transport cost
 of a request is the client's wall time minus the engine's own compute time (its
 reported total less its decode time), so it counts sending the pixels, decoding
 them into the engine's input, and the alpha's way back. Each request is set against
@@ -158,6 +159,8 @@ def main() -> int:
                 "inline, ipc": transport_runs(clients["ipc"], frame, prior, args.repeats),
                 "inline, tcp": transport_runs(clients["tcp"], frame, prior, args.repeats),
                 "shared memory": transport_runs(clients["ipc"], frame, prior, args.repeats, transport="shm"),
+                "shared memory, full-resolution prior": transport_runs(
+                    clients["ipc"], frame, np.ones((height, width), np.float32), args.repeats, transport="shm"),
                 "file path (EXR half)": transport_runs(clients["ipc"], frame, prior, args.repeats, path=path,
                                                        colourspace="srgb"),
             }
