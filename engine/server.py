@@ -313,8 +313,9 @@ class Engine:
         if self.matter.model is None and request["prior"] is None:
             raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior'")
         start = time.perf_counter()
-        # The image last: its pixels may be a view of a block, which must stay mapped until the
-        # frame is normalized, so no other block is opened (or evicted) in between.
+        # The prior's and the image's pixels may be views of blocks, which must stay mapped until
+        # Matter has read them: a block is closed only as the least recently read of over
+        # ``keep``, and these two are the most recent.
         prior = None if request["prior"] is None else _load_prior(request["prior"], self._blocks)
         frame_rgb = _load_image(request["image"], request["colourspace"], self._blocks)
         # The alpha's slot is mapped now, not after the compute, when this thread's caches are
@@ -394,7 +395,8 @@ class SharedMemoryBlocks:
     than the copy itself; clients reuse their blocks (one for frames, one for priors), so the
     mappings are kept. A block is known by its name and inode, so a name reused for a new block
     is attached afresh, and so is a block whose size changed. A view from ``read`` is valid
-    until the next ``read`` or ``close``."""
+    until its block is closed: by ``close``, as the least recently read of over ``keep``, or
+    when it is read again at another size."""
 
     def __init__(self, keep: int = 16):
         self.keep = keep
@@ -453,9 +455,10 @@ def _load_image(source: dict, colourspace: str | None, blocks: SharedMemoryBlock
 
 
 def _load_prior(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
-    """Matter checks the prior's values (NaN or infinity); a file's are checked as it is read."""
+    """Matter checks the prior's values (NaN or infinity); a file's are checked as it is read.
+    Float32 pixels are a view, as the image's are: Matter reads them once, into a clipped copy."""
     if source["transport"] != "file":
-        return np.array(_raw_pixels(source, blocks)[..., 0])  # owned: the image's block is opened next
+        return _raw_pixels(source, blocks)[..., 0]
     try:
         return read_alpha(source["path"])
     except ImageReadError as exc:
