@@ -166,7 +166,8 @@ class EngineClient:
         alpha_bytes = pixels.shape[0] * pixels.shape[1] * 4 if role == "image" else 0  # room for a float32 alpha
         block = self._blocks.get(role)
         if block is None or not block.fits(pixels.nbytes, alpha_bytes):
-            if pixels.nbytes >= self._refused.get(role, pixels.nbytes + 1):
+            refused = self._refused.get(role)
+            if refused is not None and pixels.nbytes >= refused:
                 return None
             if block is not None:
                 block.close()
