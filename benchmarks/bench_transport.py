@@ -4,10 +4,10 @@
 
 For each size and transport (inline over ipc, inline over tcp, shared memory, file
 path), a real engine process mattes the same frame repeatedly; shared memory once more
-with a full-resolution prior (a host's roto or coarse matte), which travels in a block of its own. The transport cost
-of a request is the client's wall time minus the engine's own compute time (its
-reported total less its decode time), so it counts sending the pixels, decoding
-them into the engine's input, and the alpha's way back. Each request is set against
+with a full-resolution prior (a host's roto or coarse matte), which travels in a block of
+its own. The transport cost of a request is the client's wall time minus the engine's
+own compute time (its reported total less its decode time), so it counts sending the
+pixels, decoding them into the engine's input, and the alpha's way back. Each request is set against
 a plain memory copy of the frame (``np.copyto`` into a warm array) timed just before
 it. The prior is given as fully opaque, so no pixel is refined and the compute part
 stays small and steady. The round trip of an empty request, and the transport of a

@@ -192,8 +192,8 @@ def test_transports_give_the_same_alpha(engine, reference, tmp_path):
 
 
 def test_a_prior_travels_as_the_image_does(engine, reference):
-    """Through shm the prior goes in a block of its own (a full-resolution one is as large as a
-    quarter of the frame), with the same alpha as inline; closing the client removes both blocks."""
+    """Through shm the prior goes in a block of its own (a full-resolution one is a third of the
+    frame's bytes), with the same alpha as inline; closing the client removes both blocks."""
     frame = frames_of(reference, 1)[0]
     client = EngineClient(engine[0])
     prior = client.matte("prior-source", 1, frame)[0].copy()  # a full-resolution coarse alpha
