@@ -313,6 +313,7 @@ class Engine:
         if self.matter.model is None and request["prior"] is None:
             raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior'")
         start = time.perf_counter()
+        alpha_dtype = protocol.DTYPES[request["alpha_dtype"]]
         # The prior's and the image's pixels may be views of blocks, which must stay mapped until
         # Matter has read them: a block is closed only as the least recently read of over
         # ``keep``, and these two are the most recent.
@@ -321,8 +322,7 @@ class Engine:
         # The alpha's slot is mapped now, not after the compute, when this thread's caches are
         # cold; and a block too small for the alpha is refused before the frame is computed.
         alpha_slot = None if request["alpha_shm_offset"] is None else self._alpha_slot(
-            request["image"]["shm"], request["alpha_shm_offset"], protocol.DTYPES[request["alpha_dtype"]],
-            frame_rgb.shape[:2])
+            request["image"]["shm"], request["alpha_shm_offset"], alpha_dtype, frame_rgb.shape[:2])
         read_ms = (time.perf_counter() - start) * 1000.0
         previous = self.streams.previous_state(stream, request["frame"], request["temporal"], request["keyframe_interval"])
         matter = self.matter.with_budget(request["max_pixels"])
@@ -335,7 +335,7 @@ class Engine:
         # replacing the previous state frees its frame and alpha, as an in-process loop does.
         self.streams.record(request["stream"], request["frame"], state)
         if alpha_slot is None:
-            alpha = alpha.cpu().numpy().astype(protocol.DTYPES[request["alpha_dtype"]], copy=False)
+            alpha = alpha.cpu().numpy().astype(alpha_dtype, copy=False)
         self.frames_served += 1
         header = {"id": request_id, "ok": True, "stream": request["stream"], "frame": request["frame"],
                   "shape": list(alpha.shape), "dtype": request["alpha_dtype"],
@@ -347,8 +347,7 @@ class Engine:
         if alpha_slot is not None:
             # From the model's own alpha, whatever its device: a GPU's goes straight into the slot.
             alpha_slot.copy_(alpha)
-            alpha_in_shm = (request["image"]["shm"], request["alpha_shm_offset"],
-                            protocol.DTYPES[request["alpha_dtype"]], alpha)
+            alpha_in_shm = (request["image"]["shm"], request["alpha_shm_offset"], alpha_dtype, alpha)
             header["alpha_in_shm"] = True
             reply = [protocol.pack(header)]
         else:

@@ -21,7 +21,7 @@ class Stream:
     state: MatteState | None = None
     frame: int | None = None
     last_used: float = 0.0
-    # (request id, reply frames, (block, offset, alpha) when the alpha went to shared memory, else None)
+    # (request id, reply frames, (block, offset, dtype, alpha) when the alpha went to shared memory, else None)
     last_reply: tuple | None = None
 
     @property
