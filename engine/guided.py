@@ -50,6 +50,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .sparsity import valid_window_sum
+
 # (radius in full-resolution pixels, subsampling), coarse to fine, tuned on 1080p; radius /
 # subsampling is the window radius at the subsampled scale and must be a whole number.
 # ``default_passes`` scales them with the frame size.
@@ -339,18 +341,6 @@ class _Level:
         return self.solved[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1).to(torch.float32)
 
 
-def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Sums over the (2 radius + 1)^2 windows that fit in the last two dims ("valid": the output
-    is ``radius`` smaller on every side), by separable cumulative sums."""
-    size = 2 * radius + 1
-    for dim in (-2, -1):
-        c = x.cumsum(dim)
-        length = c.shape[dim]
-        x = c.narrow(dim, size - 1, length - size + 1).clone()
-        x.narrow(dim, 1, length - size).sub_(c.narrow(dim, 0, length - size))
-    return x
-
-
 _PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
 
@@ -365,7 +355,7 @@ def _coefficients(guide, alpha, inside, radius: int) -> torch.Tensor:
     wg = weight * guide
     stats = torch.cat([weight, wg, weight * alpha, wg * alpha]
                       + [wg[:, i:i + 1] * guide[:, j:j + 1] for i, j in _PAIRS], 1)
-    stats = _box(stats, radius)  # windows centred at positions r .. S - r
+    stats = valid_window_sum(stats, 2 * radius + 1)  # windows centred at positions r .. S - r
     inside = inside[:, :, radius:-radius, radius:-radius]
     means = stats[:, 1:] / stats[:, 0:1].clamp_min(1e-12)
     mean_i, mean_p, mean_ip = means[:, 0:3], means[:, 3:4], means[:, 4:7]
@@ -391,7 +381,7 @@ def _coefficients(guide, alpha, inside, radius: int) -> torch.Tensor:
                    i01 * c0 + i11 * c1 + i12 * c2,
                    i02 * c0 + i12 * c1 + i22 * c2], 1) / det
     b = mean_p - (a * (mean_i + offset)).sum(1, keepdim=True)  # for the uncentred guide
-    averaged = _box(torch.cat([inside * a, inside * b, inside], 1), radius)
+    averaged = valid_window_sum(torch.cat([inside * a, inside * b, inside], 1), 2 * radius + 1)
     return averaged[:, :4] / averaged[:, 4:5].clamp_min(1e-12)
 
 

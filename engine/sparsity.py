@@ -25,17 +25,23 @@ BOX_SUM_LIMIT = 0.05
 PIXEL_DIFF_LIMIT = 0.001
 
 
-def window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
-    """size x size sums with zero padding, by a cumulative sum along each axis: a few passes a
-    pixel whatever the size (pooling and convolution kernels cost 2 * size and were the slowest
-    full-frame work here). Exact for integer input; pass float64 for real values."""
-    pad = size // 2
-    for dim in (2, 3):
-        length = x.shape[dim]
-        padding = (0, 0, pad + 1, size - pad - 1) if dim == 2 else (pad + 1, size - pad - 1, 0, 0)
-        total = F.pad(x, padding).cumsum(dim)
-        x = total.narrow(dim, size, length) - total.narrow(dim, 0, length)
+def valid_window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
+    """size x size sums over the windows that fit in the last two dims (the output is size - 1
+    smaller in each), by a cumulative sum along each axis: a few passes a pixel whatever the
+    size (pooling and convolution kernels cost 2 * size and were the slowest full-frame work
+    here). Exact for integer input; pass float64 for real values."""
+    for dim in (-2, -1):
+        total = x.cumsum(dim)
+        length = total.shape[dim] - size + 1
+        x = total.narrow(dim, size - 1, length).clone()
+        x.narrow(dim, 1, length - 1).sub_(total.narrow(dim, 0, length - 1))
     return x
+
+
+def window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
+    """size x size sums centred on each pixel, with zero padding: the same size as ``x``."""
+    pad = size // 2
+    return valid_window_sum(F.pad(x, (pad, size - pad - 1, pad, size - pad - 1)), size)
 
 
 def dilate(mask: torch.Tensor, size: int = DILATION) -> torch.Tensor:
