@@ -121,6 +121,16 @@ def normalize(frame_rgb: torch.Tensor) -> torch.Tensor:
     return image
 
 
+def clipped_planes(frame_rgb: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) float32 RGB -> (1, 3, H, W) RGB clipped to [0, 1] (the guided refiner's guide), one
+    plane at a time: half the time of a clip followed by a strided permute copy at 4K."""
+    planes = frame_rgb.permute(2, 0, 1)
+    out = torch.empty((1, 3, *frame_rgb.shape[:2]), dtype=torch.float32, device=frame_rgb.device)
+    for channel in range(3):
+        torch.clamp(planes[channel], 0.0, 1.0, out=out[0, channel])
+    return out
+
+
 def checked_prior(prior: torch.Tensor) -> torch.Tensor:
     """A given coarse alpha (h, w) clipped to [0, 1] as a new tensor; NaN or infinity raise FrameError.
     Checked here, among the frame's first operations, rather than by each caller."""
@@ -194,8 +204,7 @@ class Matter:
             with self._stage(stats, "refine"):
                 if self.model is None:
                     stats.mode = "guided"
-                    rgb = frame_rgb.to(self.device, torch.float32).clamp(0, 1).permute(2, 0, 1)[None]
-                    refined = refine_band(rgb, prior, masks.refine)
+                    refined = refine_band(clipped_planes(frame_rgb.to(self.device, torch.float32)), prior, masks.refine)
                 else:
                     refined = self._refine(image, prior, masks.refine, context)
             with self._stage(stats, "compose"):
