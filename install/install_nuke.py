@@ -17,7 +17,9 @@ What it does, in the Nuke folder (``~/.nuke``, or a NUKE_PATH folder given with 
 
 Running it again refreshes the files and leaves exactly one block. ``--uninstall`` removes the block
 (and init.py, or the folder itself, when the installer created them) and ``sparsemat-nuke/``;
-a record of what was created is kept in ``sparsemat-nuke/install-record.json``.
+a record of what was created is kept in ``sparsemat-nuke/install-record.json``. A first install
+that fails (pip, say) removes what it made; a failed re-install leaves the folder for a retry
+or ``--uninstall``.
 """
 from __future__ import annotations
 
@@ -59,17 +61,50 @@ def _read_record(target: Path) -> dict:
         return {}
 
 
+def _write_record(target: Path, record: dict) -> None:
+    (target / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
 def install(nuke_path: Path, python_versions: list[str], deps: bool, say=print) -> Path:
     target = nuke_path / FOLDER
     record = _read_record(target)
     if target.exists() and not record:
         raise InstallError(f"{target} exists but was not made by this installer; move it away first")
-    if not record:
+    fresh = not record
+    if fresh:
         record = {"nuke_path_created": not nuke_path.exists(), "init_created": False, "newline_added": False,
                   "python_versions": []}
     nuke_path.mkdir(parents=True, exist_ok=True)
     target.mkdir(exist_ok=True)
+    # Recorded first: a run killed halfway still leaves a folder that a retry or --uninstall accepts.
+    _write_record(target, record)
+    try:
+        _copy_files(target, python_versions, deps, record, say)
+    except BaseException:
+        if fresh:  # none of it was there before: a failed install leaves nothing behind
+            _remove_folder(nuke_path, target, record)
+        raise
 
+    init = nuke_path / "init.py"
+    text = init.read_text() if init.exists() else None
+    if text is None:
+        record["init_created"] = True
+        text = ""
+    if _block_pattern().search(text):
+        text = _block_pattern().sub(lambda _: block(target), text, count=1)
+    else:
+        if text and not text.endswith("\n"):
+            text += "\n"
+            record["newline_added"] = True
+        text += block(target)
+    init.write_text(text)
+    _write_record(target, record)
+    say(f"installed SparseMat for Nuke in {target} (plug-in path added to {init})")
+    return target
+
+
+def _copy_files(target: Path, python_versions: list[str], deps: bool, record: dict, say) -> None:
+    """The integration, and per Python version the client and (with ``deps``) its dependencies."""
     # The integration: replaced wholesale, so files removed upstream do not linger.
     for name in ("init.py", "menu.py"):
         shutil.copy2(SOURCE / name, target / name)
@@ -93,22 +128,13 @@ def install(nuke_path: Path, python_versions: list[str], deps: bool, say=print) 
         if version not in record["python_versions"]:
             record["python_versions"].append(version)
 
-    init = nuke_path / "init.py"
-    text = init.read_text() if init.exists() else None
-    if text is None:
-        record["init_created"] = True
-        text = ""
-    if _block_pattern().search(text):
-        text = _block_pattern().sub(lambda _: block(target), text, count=1)
-    else:
-        if text and not text.endswith("\n"):
-            text += "\n"
-            record["newline_added"] = True
-        text += block(target)
-    init.write_text(text)
-    (target / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    say(f"installed SparseMat for Nuke in {target} (plug-in path added to {init})")
-    return target
+
+def _remove_folder(nuke_path: Path, target: Path, record: dict) -> None:
+    """``sparsemat-nuke/``, and the Nuke folder too when the installer created it and it is now empty."""
+    if target.exists():
+        shutil.rmtree(target)
+    if record.get("nuke_path_created") and nuke_path.exists() and not any(nuke_path.iterdir()):
+        nuke_path.rmdir()
 
 
 def uninstall(nuke_path: Path, say=print) -> None:
@@ -127,10 +153,7 @@ def uninstall(nuke_path: Path, say=print) -> None:
                 init.unlink()
             else:
                 init.write_text(stripped)
-    if target.exists():
-        shutil.rmtree(target)
-    if record.get("nuke_path_created") and nuke_path.exists() and not any(nuke_path.iterdir()):
-        nuke_path.rmdir()
+    _remove_folder(nuke_path, target, record)
     say(f"removed SparseMat for Nuke from {nuke_path}")
 
 

@@ -15,9 +15,13 @@ STANDIN = REPO / "tests" / "nuke_standin"
 BEGIN = "# >>> SparseMat for Nuke"
 
 
-def installer(*args) -> subprocess.CompletedProcess:
+def installer(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(INSTALLER), *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
+
+
+# pip honours these: no index and no configuration (so no find-links), hence fast and offline
+NO_INDEX = {**os.environ, "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
 
 
 def snapshot(folder: Path) -> dict:
@@ -68,6 +72,32 @@ def test_a_folder_the_installer_did_not_make_is_left_alone(tmp_path):
     assert result.returncode == 1 and "was not made by this installer" in result.stderr
     result = installer("--nuke-path", tmp_path, "--uninstall")
     assert result.returncode == 1 and (tmp_path / "sparsemat-nuke" / "mine.txt").exists()
+
+
+def test_a_failed_install_leaves_nothing_and_a_failed_reinstall_can_be_retried_or_removed(tmp_path):
+    """pip fails (no wheels for Python 3.99): a first install removes what it made, a re-install's
+    folder is still the installer's, so a retry and --uninstall both work."""
+    fresh = tmp_path / "fresh"
+    result = installer("--nuke-path", fresh, "--python-version", "3.99", env=NO_INDEX)
+    assert result.returncode == 1 and "pip failed for Python 3.99" in result.stderr
+    assert not fresh.exists()
+
+    nuke_path = tmp_path / ".nuke"
+    nuke_path.mkdir()
+    (nuke_path / "init.py").write_text("import nuke\n")
+    before = snapshot(tmp_path)
+    result = installer("--nuke-path", nuke_path, "--python-version", "3.99", env=NO_INDEX)
+    assert result.returncode == 1 and snapshot(tmp_path) == before
+
+    assert installer("--nuke-path", nuke_path, "--no-deps").returncode == 0
+    result = installer("--nuke-path", nuke_path, "--python-version", "3.99", env=NO_INDEX)
+    assert result.returncode == 1 and "pip failed" in result.stderr
+    result = installer("--nuke-path", nuke_path, "--no-deps")
+    assert result.returncode == 0, result.stderr
+    assert installer("--nuke-path", nuke_path, "--python-version", "3.99", env=NO_INDEX).returncode == 1
+    result = installer("--nuke-path", nuke_path, "--uninstall")
+    assert result.returncode == 0, result.stderr
+    assert snapshot(tmp_path) == before
 
 
 def test_nuke_starts_with_the_installed_integration(tmp_path):

@@ -42,7 +42,6 @@ def engine(runtime, seed1_checkpoint):
     address = f"ipc://{runtime}/engine.sock"
     start_engine(address, seed1_checkpoint, runtime)
     yield address
-    core.close_clients()
     stop_engine(address, runtime)
 
 
@@ -223,14 +222,33 @@ def test_cancelling_a_range_stops_before_the_next_frame(engine, plate, tmp_path)
     assert not list(Path(core.session_folder()).rglob("source.*")), "the frame rendered ahead is removed"
 
 
-def test_the_command_line_driver_mattes_then_renders(engine, plate, cli_alphas, tmp_path):
+def test_the_command_line_driver_mattes_then_renders_every_view(engine, plate, cli_alphas, tmp_path):
     new_session(str(tmp_path / "driver.nk"))
     nuke.GUI = False
+    nuke.root()["views"].fromScript("left #ff0000\nright #00ff00")
     group = sparsemat_on(plate[0], engine)
     write = output_write(group, tmp_path / "out")
+    write["file"].setValue(str(tmp_path / "out" / "out.%V.####.exr"))
     sparsemat_render.render([write], [1])
-    pixels, names = exr.read(str(tmp_path / "out" / "out.0001.exr"))
-    assert np.array_equal(pixels[..., names.index("A")], cli_alphas[1])
+    for view in ("left", "right"):  # each view its own stream and files
+        pixels, names = exr.read(str(tmp_path / "out" / f"out.{view}.0001.exr"))
+        assert np.array_equal(pixels[..., names.index("A")], cli_alphas[1]), view
+        stream = core.stream_id(nuke.root().name(), group.fullName(), view)
+        assert core.tracker.last(stream, sparsemat_node.settings(group)) == 1, view
+    assert not (tmp_path / "out" / "out.main.0001.exr").exists()
+
+
+def test_the_command_line_driver_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    script = tmp_path / "shot.nk"
+    script.write_text("")
+    for argv, expected in (([str(tmp_path / "missing.nk"), "1-5"], "no script"),
+                           ([str(script), ""], "FRAMES is empty"),
+                           ([str(script), " "], "FRAMES is empty"),
+                           ([str(script), "1-3x"], "malformed frame range")):
+        assert sparsemat_render.main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error.startswith("sparsemat: error: ") and expected in error, error
+        assert len(error.strip().splitlines()) == 1, error
 
 
 def test_remote_engines_get_the_pixels_inline(engine, plate, cli_alphas, tmp_path, monkeypatch):
@@ -321,6 +339,17 @@ def test_an_unreachable_engine_is_a_node_error(tmp_path):
     assert len(nuke.messages) == 2 and "not answering at ipc://" in nuke.messages[1]
     assert "sparsemat engine start" in group["status"].value()
     assert group.hasError()
+    assert not list(Path(core.session_folder()).rglob("source.*")), "the rendered plate is removed"
+
+
+def test_an_unreachable_engine_leaves_no_rendered_inputs(tmp_path):
+    source, prior = tmp_path / "source.main.0001.exr", tmp_path / "prior.main.0001.exr"
+    for path in (source, prior):
+        exr.write(str(path), np.zeros((4, 4), np.float32))
+    settings = core.Settings(address=f"ipc://{tmp_path}/nobody.sock", timeout=0.1)
+    with pytest.raises(Exception, match="no answer"):
+        core.matte(settings, "down", 1, str(source), str(tmp_path / "alpha.exr"), str(prior))
+    assert not source.exists() and not prior.exists()
 
 
 def test_settings_errors_are_reported_without_calling_the_engine(tmp_path):
@@ -328,6 +357,18 @@ def test_settings_errors_are_reported_without_calling_the_engine(tmp_path):
     group = sparsemat_on(str(tmp_path / "p.%04d.exr"), "ipc:///nowhere", output="new layer", layer="9lives")
     assert sparsemat_node.matte_this_frame(group) is None
     assert "layer name '9lives'" in nuke.messages[0] and group["status"].value().startswith("error: ")
+
+
+def test_a_malformed_frame_range_is_reported_but_fails_no_frame(tmp_path):
+    new_session(str(tmp_path / "range.nk"))
+    write_rgb(tmp_path / "p.0001.exr", np.full((8, 8, 3), 0.5, np.float32))
+    group = sparsemat_on(str(tmp_path / "p.%04d.exr"), "ipc:///nowhere", first=1, last=1, frames="1-3x")
+    nuke.frame(1)
+    assert sparsemat_node.matte_frame_range(group) is None
+    assert nuke.messages == ["SparseMat1: malformed frame range '1-3x': expected forms like '1001-1100', '5', "
+                             "'1-10x2' or '1,3,5-7'"]
+    assert group["status"].value() == f"error: {nuke.messages[0]}"
+    assert group.node("EngineError")["expression"].value() == "1" and not group.hasError()
 
 
 # ---- no torch in Nuke ---------------------------------------------------------------------------------------
@@ -380,6 +421,16 @@ def test_frame_ranges_pre_roll_and_assert_expressions():
     assert core.frame_path("/a/b.%04d.exr", 12) == "/a/b.0012.exr"
     assert core.output_channel("new layer", "matte") == "matte.alpha"
     assert core.stream_id("/s.nk", "SparseMat1", "main").endswith("|/s.nk|SparseMat1|main")
+
+
+def test_the_status_line_names_the_engines_mode():
+    stats = {"seconds": 0.5, "active_fraction": 0.25, "engine": "cpu, SparseMat (x.pth)"}
+    assert core.status_line(3, {**stats, "mode": "full", "reused": True}) == \
+        "frame 3: 0.50 s, active 25.0% (temporal), engine cpu, SparseMat (x.pth)"
+    assert "(full)" in core.status_line(3, {**stats, "mode": "full", "reused": False})
+    # cascade and rescale refine without the previous frame, whatever "reused" says; guided says so
+    for mode in ("cascade", "rescale", "guided"):
+        assert f"({mode})" in core.status_line(3, {**stats, "mode": mode, "reused": True}), mode
 
 
 @pytest.mark.parametrize("compression", ["none", "zips", "zip", "piz"])

@@ -5,9 +5,10 @@ behaviour, and real pixels: a Read reads EXR files through OpenImageIO (``####``
 ``%04d``, ``%V`` in paths; first/last, before/after, on_error), a Write renders its
 input to EXR (half or float, ``channels``, ``compression``; written to a temporary
 name and renamed), ``nuke.execute`` runs the ``beforeFrameRender`` callbacks before
-each frame. Images are float32 arrays per channel (``rgba.red``, ``layer.alpha``),
-top row first; colour management is not modelled (``raw`` reads and writes are
-the only kind the node uses, and EXR is linear in Nuke's default config anyway).
+each frame of each view (the root's ``views`` knob: "main" unless set). Images are
+float32 arrays per channel (``rgba.red``, ``layer.alpha``), top row first; colour
+management is not modelled (``raw`` reads and writes are the only kind the node
+uses, and EXR is linear in Nuke's default config anyway).
 
 The main thread is modelled too: ``executeInMainThread`` queues calls that only the
 main thread runs, inside ``standin_run_until`` (a stand-in helper, not Nuke API),
@@ -64,6 +65,13 @@ class Knob:
 
     def _convert(self, value):
         return str(value)
+
+    def fromScript(self, text: str) -> bool:
+        """Sets the value from its .nk form (TCL); the stand-in's knobs hold that form as their value."""
+        return self.setValue(text)
+
+    def toScript(self) -> str:
+        return str(self._value)
 
     def setTooltip(self, text: str) -> None:
         self._tooltip = text
@@ -263,7 +271,7 @@ class Node:
     def hasError(self) -> bool:
         """True when computing the node at the current frame fails."""
         try:
-            self._render(frame(), "main")
+            self._render(frame(), thisView())
         except Exception:
             return True
         return False
@@ -333,6 +341,7 @@ class Root(Group):
         self.addKnob(Int_Knob("first_frame", "first frame"))
         self.addKnob(Int_Knob("last_frame", "last frame"))
         self.addKnob(Int_Knob("frame", "frame"))
+        self.addKnob(String_Knob("views", "views", "main #ffffff"))  # one "name colour" line per view
         self["first_frame"].setValue(1)
         self["last_frame"].setValue(100)
         self["frame"].setValue(1)
@@ -601,11 +610,16 @@ def thisKnob():
 
 
 def thisView() -> str:
-    return "main"
+    """The view being rendered (inside nuke.execute), else the first view."""
+    return getattr(_context, "view", None) or views()[0]
 
 
-def views() -> list[str]:
-    return ["main"]
+def _script_views() -> list[str]:
+    """The first word of each line of the root's views knob."""
+    return [line.split()[0] for line in root()["views"].value().splitlines() if line.strip()]
+
+
+views = _script_views  # nuke.views(); execute() has an argument of that name
 
 
 def frame(number=None) -> int:
@@ -692,22 +706,25 @@ def execute(node_or_name, start: int, end: int, incr: int = 1, views: list | Non
     """Render frames start..end of a Write: for each frame, the beforeFrameRender callbacks run (with
     nuke.thisNode() the Write and nuke.frame() the frame), then the frame is computed and written.
     An exception in a callback stops the render, as in a command-line render."""
+    views = views or _script_views()  # Nuke's default: every view of the script
     node = toNode(node_or_name) if isinstance(node_or_name, str) else node_or_name
     if node is None or not isinstance(node, Write):
         raise ValueError(f"{node_or_name} is not a Write node")
     if node["disable"].value():
         raise RuntimeError(f"{node.name()}: cannot execute a disabled Write")
-    saved = frame()
+    saved, saved_view = frame(), getattr(_context, "view", None)  # a nested execute restores the outer one's
     try:
         for number in range(int(start), int(end) + 1, int(incr)):
             frame(number)
-            for view in views or ["main"]:
+            for view in views:
+                _context.view = view
                 for call, args, kwargs, node_class in list(_callbacks["beforeFrameRender"]):
                     if node_class in (None, "", node.Class()):
                         with _this(node):
                             call(*args, **kwargs)
                 node._write(number, view)
     finally:
+        _context.view = saved_view
         frame(saved)
 
 

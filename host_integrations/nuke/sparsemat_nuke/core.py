@@ -242,14 +242,6 @@ def client_for(settings: Settings):
         return client
 
 
-def close_clients() -> None:
-    with _clients_lock:
-        for client in _clients.values():
-            client.close()
-        _clients.clear()
-        _hello.clear()
-
-
 def engine_state(client) -> str:
     """'cpu, SparseMat (x.pth)': the engine's device and model, asked once per address."""
     if client.address not in _hello:
@@ -285,12 +277,12 @@ def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, 
     here (``exr``, numpy only) and sent inline. The alpha comes back as float32 and is written as a
     one-channel ("A") float EXR, zip compressed. The rendered inputs are removed afterwards."""
     started = time.perf_counter()
-    client = client_for(settings)
-    state = engine_state(client)
     options = {"colourspace": settings.colourspace, "temporal": bool(settings.temporal),
                "keyframe_interval": int(settings.keyframe_interval) if settings.temporal else 0,
                "alpha_dtype": "float32"}
-    try:
+    try:  # from the first engine call on: an unreachable engine must not strand the rendered inputs
+        client = client_for(settings)
+        state = engine_state(client)
         if transport(settings.address) == "file":
             result, stats = client.matte(stream, frame, path=source, prior_path=prior, **options)
         else:
@@ -316,8 +308,11 @@ def remove_files(*paths: str | None) -> None:
 # ---- what the node shows --------------------------------------------------------------------------------
 
 def status_line(frame: int, stats: dict) -> str:
-    """'frame 12: 0.84 s, active 3.2% (temporal), engine cpu, SparseMat (x.pth)'."""
-    mode = "temporal" if stats.get("reused") else stats.get("mode", "full")
+    """'frame 12: 0.84 s, active 3.2% (temporal), engine cpu, SparseMat (x.pth)'. The mode is the engine's
+    (full, cascade, rescale, guided), or temporal for a full frame that reused the previous one."""
+    mode = stats.get("mode", "full")
+    if mode == "full" and stats.get("reused"):  # cascade and rescale refine without the previous frame
+        mode = "temporal"
     text = (f"frame {frame}: {stats.get('seconds', 0.0):.2f} s, active {stats.get('active_fraction', 0.0):.1%} "
             f"({mode}), engine {stats.get('engine', '?')}")
     if stats.get("note"):

@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 
 MAGIC = 20000630
-NONE, RLE, ZIPS, ZIP = 0, 1, 2, 3
+NONE, ZIPS, ZIP = 0, 2, 3  # the compressions this module reads and writes
 LINES_PER_CHUNK = {NONE: 1, ZIPS: 1, ZIP: 16}
 COMPRESSION_NAMES = {0: "none", 1: "rle", 2: "zips", 3: "zip", 4: "piz", 5: "pxr24", 6: "b44", 7: "b44a",
                      8: "dwaa", 9: "dwab", 10: "htj2k256", 11: "htj2k32"}

@@ -260,7 +260,6 @@ def _show_failure(name: str, frame: int, message: str, dialog: bool) -> None:
     """The node errors on the frame with the engine's message; in the GUI a dialog says it too."""
     group = nuke.toNode(name)
     if group is not None:
-        group["status"].setValue(f"error: {message}")
         with _lock:
             failed = _failed.setdefault(name, set())
             failed.add(frame)
@@ -268,6 +267,12 @@ def _show_failure(name: str, frame: int, message: str, dialog: bool) -> None:
         check = group.node(ASSERT)
         check["message"].setValue(message)
         check["expression"].setValue(expression)
+    _show_error(name, message, dialog)
+
+
+def _show_error(name: str, message: str, dialog: bool) -> None:
+    """The status line (and in the GUI a dialog) says what is wrong; no frame is marked failed."""
+    _show_status(name, f"error: {message}")
     if dialog and nuke.GUI:
         nuke.message(message)
 
@@ -290,8 +295,8 @@ def matte_frame_range(group=None):
     first, last = input_range(group)
     try:
         frames = core.parse_frames(group["frames"].value(), first, last)
-    except core.MatteError as exc:
-        _show_failure(group.fullName(), int(nuke.frame()), str(exc), dialog=True)
+    except core.MatteError as exc:  # a typo in the knob: nothing was matted, so no frame has failed
+        _show_error(group.fullName(), f"{group.fullName()}: {exc}", dialog=True)
         return None
     return _start(group, frames, progress=True)
 

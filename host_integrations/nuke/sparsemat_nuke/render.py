@@ -4,9 +4,10 @@
 
 FRAMES is ``1001-1100``, ``1-10x2`` or ``1,3,5-7``; WRITE names default to every
 enabled Write at the top level of the script. For each frame, in order: every
-SparseMat node upstream of the Writes mattes the frame (its internal Write renders
-the plate, the engine answers, the alpha is written), then each Write renders
-the frame. The ``addBeforeFrameRender`` callback is switched off meanwhile.
+SparseMat node upstream of the Writes mattes the frame in each view of the script
+(its internal Write renders the plate, the engine answers, the alpha is written;
+each view is its own stream), then each Write renders the frame in every view. The
+``addBeforeFrameRender`` callback is switched off meanwhile.
 
 ``nuke -x`` and Nuke's Render menu rely on that callback instead, which renders
 the plate from inside the Write's render; use this script on the farm when a
@@ -14,6 +15,7 @@ Nuke version refuses to execute a node from inside another node's render.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import nuke
@@ -22,8 +24,10 @@ from sparsemat_nuke import core
 from sparsemat_nuke import node as sparsemat_node
 
 
-def render(writes: list, frames: list, view: str = "main") -> None:
-    """Matte, then render, frame by frame; raises RuntimeError on the first frame that fails."""
+def render(writes: list, frames: list, views: list | None = None) -> None:
+    """Matte, then render, frame by frame, in ``views`` (default: the script's views); raises
+    RuntimeError on the first frame that fails."""
+    views = list(views or nuke.views())
     groups = {}  # every SparseMat node upstream of the writes, once each, by full name
     for write in writes:
         for group in sparsemat_node.upstream(write):
@@ -31,10 +35,11 @@ def render(writes: list, frames: list, view: str = "main") -> None:
     sparsemat_node._suppressed.set()
     try:
         for frame in frames:
-            for group in groups.values():
-                sparsemat_node.matte_now(group, frame, view)
+            for view in views:
+                for group in groups.values():
+                    sparsemat_node.matte_now(group, frame, view)
             for write in writes:
-                nuke.execute(write, frame, frame, 1, [view])
+                nuke.execute(write, frame, frame, 1, views)
     finally:
         sparsemat_node._suppressed.clear()
 
@@ -44,19 +49,33 @@ def main(argv: list) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     script, frame_text, names = argv[0], argv[1], argv[2:]
-    nuke.scriptOpen(script)
+    if not frame_text.strip():  # parse_frames would read it as an empty range and render nothing
+        print("sparsemat: error: FRAMES is empty; give frames such as 1001-1100", file=sys.stderr)
+        return 2
+    try:  # before opening the script: a typo fails at once
+        frames = core.parse_frames(frame_text, 0, -1)
+    except core.MatteError as exc:
+        print(f"sparsemat: error: {exc}", file=sys.stderr)
+        return 2
+    if not os.path.isfile(script):
+        print(f"sparsemat: error: no script {script}", file=sys.stderr)
+        return 2
+    try:
+        nuke.scriptOpen(script)
+    except RuntimeError as exc:
+        print(f"sparsemat: error: cannot open {script}: {exc}", file=sys.stderr)
+        return 2
     if names:
         writes = [nuke.toNode(name) for name in names]
         missing = [name for name, write in zip(names, writes) if write is None]
         if missing:
-            print(f"sparsemat: no node named {', '.join(missing)} in {script}", file=sys.stderr)
+            print(f"sparsemat: error: no node named {', '.join(missing)} in {script}", file=sys.stderr)
             return 2
     else:
         writes = [write for write in nuke.allNodes("Write") if not write["disable"].value()]
     try:
-        frames = core.parse_frames(frame_text, 0, -1)
         render(writes, frames)
-    except (core.MatteError, RuntimeError) as exc:
+    except RuntimeError as exc:  # matte_now's message, or the Write's
         print(f"sparsemat: error: {exc}", file=sys.stderr)
         return 1
     return 0
