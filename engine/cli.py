@@ -8,6 +8,7 @@ Heavy modules (torch, OpenImageIO) are imported inside the subcommands so that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -26,10 +27,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer, 0 or more, got {text}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number over 0, got {text}")
     return value
 
 
@@ -48,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     matte.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     matte.add_argument("--temporal", action=argparse.BooleanOptionalAction, default=None,
                        help="reuse the previous frame's alpha where nothing changed (default: on for sequences)")
-    matte.add_argument("--keyframe-interval", type=int, default=0, metavar="N",
+    matte.add_argument("--keyframe-interval", type=_non_negative_int, default=0, metavar="N",
                        help="frames that are multiples of N start the temporal stream, and a run that starts "
                             "elsewhere first re-mattes (without writing) the frames since the last one, so results "
                             "do not depend on how a range is split into farm chunks (default 0: off)")
@@ -83,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT); without one the engine "
                                      "runs the weight-free guided refiner, and every request must carry a prior")
             action.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-            action.add_argument("--memory-budget", type=float, default=4.0, metavar="GB",
-                                help="memory for per-stream temporal state; least recently used streams are evicted")
+            action.add_argument("--memory-budget", type=_positive, default=4.0, metavar="GB",
+                                help="memory for the temporal state of all streams together (default 4); least "
+                                     "recently used streams are evicted")
+            action.add_argument("--stream-idle-timeout", type=_positive, default=900.0, metavar="SECONDS",
+                                help="evict a stream's temporal state after this long unused (default 900)")
             action.add_argument("--half-precision", action="store_true", help="run the network in float16 (CUDA only)")
             action.add_argument("--exit-when-idle", type=_seconds, default=0.0, metavar="SECONDS",
                                 help="stop after this long without a matte or reset request (default 0: never); "
@@ -97,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the plate with the refined band (red) and, from a previous frame, the changed pixels (blue).")
     preview.add_argument("input", help="image file or sequence pattern")
     preview.add_argument("output", help="the PNG to write")
-    preview.add_argument("--frame", type=int, help="frame of a sequence (default: the first on disk)")
+    preview.add_argument("--frame", type=_non_negative_int, help="frame of a sequence (default: the first on disk)")
     preview.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
                          help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT)")
     preview.add_argument("--prior", metavar="PATTERN", help="coarse alpha per frame, as for matte")
@@ -119,12 +137,13 @@ def run_engine_command(args) -> int:
         address = daemon.normalize_address(args.address)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if args.action == "start":
-        return daemon.start(address, args.checkpoint, args.device, args.memory_budget, args.half_precision,
-                            args.exit_when_idle)
-    if args.action == "serve":
-        return daemon.serve(address, args.checkpoint, args.device, args.memory_budget, args.half_precision,
-                            args.exit_when_idle)
+    if args.action in ("start", "serve"):
+        from .config import EngineConfig
+
+        checkpoint = os.path.abspath(args.checkpoint) if args.checkpoint else None
+        config = EngineConfig(address, checkpoint, args.device, args.memory_budget, args.stream_idle_timeout,
+                              args.exit_when_idle, args.half_precision)
+        return daemon.start(config) if args.action == "start" else daemon.serve(config)
     if args.action == "stop":
         return daemon.stop(address)
     return daemon.status(address)
@@ -140,34 +159,60 @@ def _resolve_device(name: str) -> str:
     return name
 
 
+def _plates(args):
+    """INPUT and --prior as patterns, after the checks matte and preview share: --prior is a
+    sequence exactly when INPUT is, and --input-colorspace names a colourspace that can be
+    decoded (checked here, not once per frame after the model has loaded)."""
+    from .imageio import _display_encoder
+    from .sequence import SequenceError, check_same_kind, parse_pattern
+
+    try:
+        source = parse_pattern(args.input)
+        prior = parse_pattern(args.prior) if args.prior else None
+        if prior is not None:
+            check_same_kind(source, "INPUT", prior, "--prior")
+    except SequenceError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.colourspace is not None:
+        try:
+            _display_encoder(args.colourspace)
+        except ValueError as exc:
+            raise UsageError(f"--input-colorspace: {exc}") from exc
+    return source, prior
+
+
+def _refuse_overwriting(writes, reads) -> None:
+    """UsageError when a file to write is a file to read, however either is spelled (%04d or ####,
+    relative or absolute, through links): a run would replace the plates it mattes."""
+    inputs = {os.path.realpath(path): path for path in reads}
+    for path in writes:
+        clash = inputs.get(os.path.realpath(path))
+        if clash is not None:
+            raise UsageError(f"OUTPUT would overwrite the input file {clash}: write the output elsewhere")
+
+
 def _plan_job(args):
     from .imageio import SUPPORTED_OUTPUTS
     from .job import MatteJob
-    from .sequence import SequenceError, find_frames, parse_frame_range, parse_pattern
+    from .sequence import SequenceError, check_same_kind, parse_pattern, select_frames
 
+    source, prior = _plates(args)
     try:
-        source, target = parse_pattern(args.input), parse_pattern(args.output)
-        prior = parse_pattern(args.prior) if args.prior else None
-        if source.is_sequence != target.is_sequence:
-            raise UsageError("INPUT and OUTPUT must both be sequence patterns (%04d or ####) or both single files")
-        if prior is not None and prior.is_sequence != source.is_sequence:
-            raise UsageError("--prior must be a sequence pattern exactly when INPUT is")
+        target = parse_pattern(args.output)
+        check_same_kind(source, "INPUT", target, "OUTPUT")
         if os.path.splitext(args.output)[1].lower() not in SUPPORTED_OUTPUTS:
             raise UsageError(f"OUTPUT must end in one of {', '.join(SUPPORTED_OUTPUTS)}: {args.output}")
-        if not source.is_sequence:
-            if args.frames:
-                raise UsageError("--frames needs a sequence pattern as INPUT")
-            if not os.path.exists(args.input):
-                raise UsageError(f"input not found: {args.input}")
-            frames = [None]
-        else:
-            frames = parse_frame_range(args.frames) if args.frames else find_frames(source)
+        frames = select_frames(source, args.frames)
     except SequenceError as exc:
         raise UsageError(str(exc)) from exc
+    if not source.is_sequence and not os.path.exists(args.input):
+        raise UsageError(f"input not found: {args.input}")
+    _refuse_overwriting((target.path(frame) for frame in frames),
+                        [plates.path(frame) for plates in (source, prior) if plates is not None for frame in frames])
     temporal = source.is_sequence if args.temporal is None else args.temporal
     return MatteJob(source, target, frames, temporal=temporal, skip_existing=args.skip_existing,
                     colourspace=args.colourspace, half=args.half, prior=prior,
-                    keyframe_interval=max(0, args.keyframe_interval))
+                    keyframe_interval=args.keyframe_interval)
 
 
 def load_matter(checkpoint: str | None, device: str = "auto", max_pixels: int | None = None,
@@ -216,21 +261,29 @@ def _run_matte_remote(args, job) -> int:
     """The job's frames through a running engine; the engine's model options apply."""
     import uuid
 
-    from sparsemat.plugin.client import EngineClient, EngineError
+    from sparsemat.plugin.client import EngineClient, EngineError, EngineUnavailable
 
     from .daemon import normalize_address
     from .job import EngineMatter, JobError, run_job
 
-    client = EngineClient(normalize_address(args.engine))
+    try:
+        address = normalize_address(args.engine)
+    except ValueError as exc:
+        raise UsageError(f"--engine: {exc}") from exc
+    client = EngineClient(address)
     stream = f"cli-{uuid.uuid4().hex[:12]}"
+    reachable = True
     try:
         client.hello()
         summary = run_job(job, EngineMatter(client, stream, args.max_pixels), progress=not args.quiet)
-        client.reset(stream)
     except (JobError, EngineError) as exc:
+        reachable = not isinstance(exc, EngineUnavailable)
         print(f"sparsemat: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        if reachable:  # free the stream's state however the job ended (idle eviction would, later)
+            with contextlib.suppress(EngineError):
+                client.reset(stream)
         client.close()
     print(summary.describe())
     return 0 if summary.ok else EXIT_FAILED
@@ -241,34 +294,41 @@ def run_preview(args) -> int:
     import torch
 
     from .imageio import ImageReadError, read_alpha, read_rgb, write_rgb8
+    from .matting import FrameError
     from .preview import contact_sheet
-    from .sequence import SequenceError, find_frames, parse_pattern
+    from .sequence import SequenceError, select_frames
 
     if not args.checkpoint and not args.prior:
         raise UsageError(NEEDS_A_SOURCE)
+    source, prior = _plates(args)
+    if args.frame is not None and not source.is_sequence:
+        raise UsageError(f"--frame needs a sequence pattern, not the single file '{source.text}'")
     try:
-        source = parse_pattern(args.input)
-        prior = parse_pattern(args.prior) if args.prior else None
-        frame = None
-        if source.is_sequence:
-            frame = args.frame if args.frame is not None else find_frames(source)[0]
+        frame = args.frame if args.frame is not None else select_frames(source, None)[0]
     except SequenceError as exc:
         raise UsageError(str(exc)) from exc
+    # Frame 0 and a single image have no previous frame; a missing one is a sequence's first.
+    previous = frame - 1 if frame is not None and frame > 0 and os.path.exists(source.path(frame - 1)) else None
+    reads = [frame] if previous is None else [previous, frame]
+    _refuse_overwriting([args.output],
+                        [plates.path(number) for plates in (source, prior) if plates is not None for number in reads])
     matter = load_matter(args.checkpoint, args.device)
 
-    def load(number):
+    def matte(number, state=None):
         pixels = torch.from_numpy(read_rgb(source.path(number), args.colourspace))
-        return pixels, None if prior is None else torch.from_numpy(read_alpha(prior.path(number)))
+        coarse = None if prior is None else torch.from_numpy(read_alpha(prior.path(number)))
+        return (pixels, *matter.matte(pixels, state, prior=coarse))
 
+    state = None
+    if previous is not None:
+        try:
+            state = matte(previous)[2]
+        except (ImageReadError, OSError, FrameError) as exc:  # it only adds the changed pixels: do without
+            print(f"sparsemat: note: no changed pixels (blue) from frame {previous}: {exc}", file=sys.stderr)
     try:
-        state = None
-        if frame is not None and os.path.exists(source.path(frame - 1)):
-            pixels, coarse = load(frame - 1)
-            _, state, _ = matter.matte(pixels, prior=coarse)
-        pixels, coarse = load(frame)
-    except (ImageReadError, OSError) as exc:
+        pixels, alpha, _, stats = matte(frame, state)
+    except (ImageReadError, OSError, FrameError) as exc:
         raise UsageError(str(exc)) from exc
-    alpha, _, stats = matter.matte(pixels, state, prior=coarse)
     changed = None if stats.masks.changed is None else stats.masks.changed[0, 0].cpu().numpy() > 0
     sheet = contact_sheet(pixels.numpy(), alpha.cpu().numpy(), stats.masks.refine[0, 0].cpu().numpy() > 0, changed,
                           tile_width=args.width)

@@ -18,6 +18,8 @@ import time
 from sparsemat.plugin import protocol
 from sparsemat.plugin.client import EngineClient, EngineUnavailable
 
+from .config import EngineConfig
+
 
 IPC_PATH_LIMIT = 107  # sun_path of a Unix socket address, less its terminating zero
 
@@ -75,21 +77,14 @@ def _log_tail(path: str, lines: int = 5) -> str:
         return ""
 
 
-def start(address: str, checkpoint: str | None, device: str, memory_budget_gb: float, half: bool = False,
-          exit_when_idle_s: float = 0.0, wait_s: float = 600.0) -> int:
+def start(config: EngineConfig, wait_s: float = 600.0) -> int:
+    address = config.address
     running = _probe(address)
     if running is not None:
         print(f"engine already running at {address} (pid {running['pid']})")
         return 0
     pid_file, log_file = state_files(address)
-    command = [sys.executable, "-m", "sparsemat.engine.cli", "engine", "serve", "--address", address,
-               "--device", device, "--memory-budget", str(memory_budget_gb)]
-    if checkpoint:
-        command += ["--checkpoint", os.path.abspath(checkpoint)]
-    if half:
-        command.append("--half-precision")
-    if exit_when_idle_s:
-        command += ["--exit-when-idle", str(exit_when_idle_s)]
+    command = [sys.executable, "-m", "sparsemat.engine.cli", "engine", "serve", *config.serve_options()]
     with open(log_file, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     with open(pid_file, "w") as handle:
@@ -109,16 +104,36 @@ def start(address: str, checkpoint: str | None, device: str, memory_budget_gb: f
     return 1
 
 
-def stop(address: str, wait_s: float = 120.0) -> int:
-    """Ask the engine to finish its queue and exit; SIGTERM if it does not answer."""
-    pid_file, _ = state_files(address)
-    pid = None
-    if os.path.exists(pid_file):
+def _engine_pid(pid: int | None, address: str) -> int | None:
+    """``pid`` when it is a live local engine serving ``address``, else None: a pid file outlives
+    an engine that crashed, and its pid may since belong to any process."""
+    if pid is None or not _alive(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            arguments = handle.read().decode(errors="replace").split("\0")
+    except OSError:  # no /proc (macOS): ask ps
+        result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+        arguments = result.stdout.split()
+    is_engine = "engine" in arguments and "serve" in arguments
+    serves_address = address in arguments or ("--address" not in arguments and address == protocol.default_address())
+    return pid if is_engine and serves_address else None
+
+
+def _pid_file_pid(pid_file: str) -> int | None:
+    try:
         with open(pid_file) as handle:
-            pid = int(handle.read().strip() or 0) or None
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def stop(address: str, wait_s: float = 120.0) -> int:
+    """Ask the engine to finish its queue and exit; SIGTERM a local one that does not answer."""
+    pid_file, _ = state_files(address)
     status = _probe(address)
     if status is not None:
-        pid = status["pid"]
+        pid = _engine_pid(status["pid"], address)  # None for an engine on another machine
         client = EngineClient(address, timeout=5.0, retries=0)
         try:
             client.shutdown()
@@ -126,17 +141,22 @@ def stop(address: str, wait_s: float = 120.0) -> int:
             pass
         finally:
             client.close()
-    elif pid is not None and _alive(pid):
-        os.kill(pid, signal.SIGTERM)
     else:
-        print(f"no engine running at {address}")
-        _remove(pid_file)
-        return 0
+        pid = _engine_pid(_pid_file_pid(pid_file), address)
+        if pid is None:
+            print(f"no engine running at {address}")
+            _remove(pid_file)
+            return 0
+        os.kill(pid, signal.SIGTERM)
+
+    def running() -> bool:
+        return _alive(pid) if pid is not None else _probe(address, timeout=1.0) is not None
+
     deadline = time.monotonic() + wait_s
-    while pid is not None and _alive(pid) and time.monotonic() < deadline:
+    while running() and time.monotonic() < deadline:
         time.sleep(0.1)
-    if pid is not None and _alive(pid):
-        print(f"sparsemat: error: engine pid {pid} is still running after {wait_s:.0f} s", file=sys.stderr)
+    if running():
+        print(f"sparsemat: error: the engine at {address} is still running after {wait_s:.0f} s", file=sys.stderr)
         return 1
     _remove(pid_file)
     print(f"engine at {address} stopped")
@@ -163,13 +183,17 @@ def status(address: str) -> int:
     return 0
 
 
-def serve(address: str, checkpoint: str | None, device: str, memory_budget_gb: float, half: bool = False,
-          exit_when_idle_s: float = 0.0) -> int:
+def serve(config: EngineConfig) -> int:
     from .allocator import keep_freed_memory
-    from .server import EngineConfig, run_engine
+    from .server import run_engine
 
     keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    return run_engine(EngineConfig(address=address, checkpoint=checkpoint, device=device,
-                                   memory_budget_bytes=int(memory_budget_gb * 2**30), half=half,
-                                   exit_when_idle_s=exit_when_idle_s))
+    try:
+        return run_engine(config)
+    finally:
+        # An engine that exits on its own (idle, a failed load) leaves no pid file for a later
+        # stop to act on; one written for another process is not ours to remove.
+        pid_file, _ = state_files(config.address)
+        if _pid_file_pid(pid_file) == os.getpid():
+            _remove(pid_file)

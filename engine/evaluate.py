@@ -56,21 +56,15 @@ def run_eval(args) -> int:
 
 def _plan(pred_text: str, gt_text: str, trimap_text: str | None, frames_text: str | None):
     """[(frame, pred path, gt path, trimap path or None)], after checking every file exists."""
-    from .sequence import SequenceError, find_frames, parse_frame_range, parse_pattern
+    from .sequence import SequenceError, check_same_kind, parse_pattern, select_frames
 
     try:
         pred, gt = parse_pattern(pred_text), parse_pattern(gt_text)
         trimap = parse_pattern(trimap_text) if trimap_text else None
-        if pred.is_sequence != gt.is_sequence:
-            raise UsageError("PRED and GT must both be sequence patterns (%04d or ####) or both single files")
+        check_same_kind(pred, "PRED", gt, "GT")
         if trimap is not None and trimap.is_sequence and not pred.is_sequence:
             raise UsageError("--trimap is a sequence pattern but PRED is a single file")
-        if pred.is_sequence:
-            frames = parse_frame_range(frames_text) if frames_text else find_frames(pred)
-        elif frames_text:
-            raise UsageError("--frames needs sequence patterns as PRED and GT")
-        else:
-            frames = [None]
+        frames = select_frames(pred, frames_text)
     except SequenceError as exc:
         raise UsageError(str(exc)) from exc
     plan = [(frame, pred.path(frame), gt.path(frame), trimap.path(frame) if trimap else None) for frame in frames]

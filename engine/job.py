@@ -4,9 +4,9 @@ The job knows nothing of torch: it hands frames to a ``matte`` callable
 (:class:`InProcessMatter` here; a remote engine client has the same shape) and
 writes what comes back. Errors are sorted by whether the run can go on:
 
-- a frame that cannot be read (missing, truncated, NaN pixels): reported, the
-  temporal stream restarts after it, the other frames are still done, and the
-  job fails at the end;
+- a frame that cannot be read (missing, truncated, NaN pixels) or matted (a
+  shape the model cannot take): reported, the temporal stream restarts after
+  it, the other frames are still done, and the job fails at the end;
 - an output that cannot be written: the job stops at once;
 - frames already written are never removed.
 """
@@ -25,6 +25,7 @@ import numpy as np
 from sparsemat.plugin.frames import with_preroll
 
 from .imageio import ImageReadError, ImageWriteError, read_alpha, read_rgb, write_alpha
+from .matting import FrameError
 from .sequence import Pattern
 
 
@@ -35,7 +36,8 @@ class JobError(RuntimeError):
 class FrameMatter(Protocol):
     def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None
                  ) -> tuple[np.ndarray, object]:
-        """Alpha (H, W) float32 and the frame's stats (with ``active_fraction`` and ``note``)."""
+        """Alpha (H, W) float32 and the frame's stats (with ``active_fraction`` and ``note``); FrameError
+        for pixels the model cannot take."""
 
 
 @dataclass
@@ -66,12 +68,13 @@ class JobSummary:
         return not self.failed
 
     def describe(self) -> str:
+        # The whole run's time (reads, pre-rolled and failed frames included) over the frames written.
         per_frame = self.seconds / self.written if self.written else 0.0
         mean_active = float(np.mean(self.active_fractions)) if self.active_fractions else 0.0
         preroll = f", {self.prerolled} pre-rolled" if self.prerolled else ""
         text = (f"{self.written} frame(s) written, {self.skipped} skipped, {len(self.failed)} failed{preroll} "
-                f"in {self.seconds:.1f} s ({per_frame:.2f} s/frame); mean active fraction {mean_active:.2%}"
-                f"\nmattes: {os.path.abspath(self.output)}")
+                f"in {self.seconds:.1f} s ({per_frame:.2f} s per written frame); "
+                f"mean active fraction {mean_active:.2%}\nmattes: {os.path.abspath(self.output)}")
         for frame, message in self.failed:
             text += f"\n  failed: {message}"
         return text
@@ -97,54 +100,68 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
     from tqdm import tqdm
 
     summary = JobSummary(output=job.output.text)
-    out_dir = os.path.dirname(os.path.abspath(job.output.path(job.frames[0])))
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise JobError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from exc
-
     todo = [f for f in job.frames if not (job.skip_existing and os.path.exists(job.output.path(f)))]
     summary.skipped = len(job.frames) - len(todo)
     work = work_list(job, todo)
-    bar = tqdm(total=len(work), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    say = log or (lambda message: bar.write(message, file=sys.stderr))
     start = time.perf_counter()
     previous = None  # the last frame matted in this stream
     # Read one frame ahead so decoding overlaps the matte of the current frame.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsemat-read") as reader:
+    with (tqdm(total=len(work), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar,
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsemat-read") as reader):
+        say = log or (lambda message: bar.write(message, file=sys.stderr))
         pending: Future | None = reader.submit(_read, job, work[0][0]) if work else None
         for index, (frame, write) in enumerate(work):
-            current = pending.result()
+            read = pending.result()
             pending = reader.submit(_read, job, work[index + 1][0]) if index + 1 < len(work) else None
-            bar.update()
-            if isinstance(current, Exception):
-                say(f"error: {current}" if write else f"pre-roll {_frame_label(frame)} skipped: {current}")
+            outcome = read if isinstance(read, Exception) else _matte_frame(job, matte, frame, read, previous)
+            if isinstance(outcome, Exception):
+                say(f"error: {outcome}" if write else f"pre-roll {_frame_label(frame)} skipped: {outcome}")
                 if write:
-                    summary.failed.append((frame, str(current)))
+                    summary.failed.append((frame, str(outcome)))
                 previous = None
-                continue
-            pixels, prior = current
-            contiguous = previous is not None and frame is not None and frame == previous + 1
-            keyframe = job.keyframe_interval > 0 and frame is not None and frame % job.keyframe_interval == 0
-            alpha, stats = matte(pixels, frame, new_stream=keyframe or not (job.temporal and contiguous), prior=prior)
-            previous = frame
-            if getattr(stats, "note", ""):
-                say(f"{_frame_label(frame)}: {stats.note}")
-            if not write:
-                summary.prerolled += 1
-                continue
-            try:
-                write_alpha(job.output.path(frame), alpha, half=job.half)
-            except (ImageWriteError, OSError, ValueError) as exc:
-                bar.close()
-                raise JobError(f"cannot write {_frame_label(frame)}: {exc}") from exc
-            summary.written += 1
-            summary.active_fractions.append(stats.active_fraction)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix_str(f"{summary.written / elapsed:.2f} fps, active {stats.active_fraction:.1%}")
-    bar.close()
+            else:
+                alpha, stats = outcome
+                previous = frame
+                if getattr(stats, "note", ""):
+                    say(f"{_frame_label(frame)}: {stats.note}")
+                if write:
+                    _write(job, frame, alpha)
+                    summary.written += 1
+                    summary.active_fractions.append(stats.active_fraction)
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix_str(f"{summary.written / elapsed:.2f} fps, active {stats.active_fraction:.1%}")
+                else:
+                    summary.prerolled += 1
+            bar.update()  # only now: the bar never counts a frame that is still being matted
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _matte_frame(job: MatteJob, matte: FrameMatter, frame, read: tuple, previous):
+    """(alpha, stats) of a frame read as ``read``, continuing the stream from frame ``previous``
+    when it may, or a FrameError naming the file whose pixels the model cannot take."""
+    pixels, prior = read
+    contiguous = previous is not None and frame is not None and frame == previous + 1
+    keyframe = job.keyframe_interval > 0 and frame is not None and frame % job.keyframe_interval == 0
+    try:
+        return matte(pixels, frame, new_stream=keyframe or not (job.temporal and contiguous), prior=prior)
+    except FrameError as exc:
+        return FrameError(f"cannot matte '{job.input.path(frame)}': {exc}")
+
+
+def _write(job: MatteJob, frame, alpha: np.ndarray) -> None:
+    """Write one matte, creating the output folder first, so a run that writes nothing leaves none
+    behind; JobError when either fails."""
+    path = job.output.path(frame)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
+    try:
+        write_alpha(path, alpha, half=job.half)
+    except (ImageWriteError, OSError, ValueError) as exc:
+        raise JobError(f"cannot write {_frame_label(frame)}: {exc}") from exc
 
 
 def _read(job: MatteJob, frame):
@@ -184,7 +201,14 @@ class EngineMatter:
         self.transport = "shm" if client.address.startswith("ipc://") else "inline"
 
     def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None):
-        alpha, stats = self.client.matte(self.stream, 0 if frame is None else frame, frame_rgb,
-                                         transport=self.transport, colourspace="srgb", prior=prior,
-                                         temporal=not new_stream, max_pixels=self.max_pixels)
+        from sparsemat.plugin.client import EngineError
+
+        try:
+            alpha, stats = self.client.matte(self.stream, 0 if frame is None else frame, frame_rgb,
+                                             transport=self.transport, colourspace="srgb", prior=prior,
+                                             temporal=not new_stream, max_pixels=self.max_pixels)
+        except EngineError as exc:
+            if exc.code != "bad_pixels":  # the engine's FrameError: the frame fails alone, as in process
+                raise
+            raise FrameError(str(exc)) from exc
         return np.asarray(alpha, dtype=np.float32), SimpleNamespace(**stats)

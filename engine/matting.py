@@ -36,6 +36,10 @@ from .sparsity import Masks, compose, sparsity_masks, spatial_band
 MAX_PIXELS = 4_000_000
 CASCADE_SCALES = (0.25, 0.5, 1.0)
 PRIOR_SHORT_SIDE = 512
+# The prior network's memory grows with its input's long side (measured on CPU: about 0.3 GB per
+# 1024 px). 4096, a frame of up to about 8:1, is nearly three times the widest camera format
+# (2.76:1 gives 1440) and costs about 1.3 GB; a 700x3 strip would need 119488 px, tens of GB.
+PRIOR_MAX_LONG_SIDE = 4096
 MIN_PIXELS = 64
 
 
@@ -58,7 +62,7 @@ class FrameStats:
     active_pixels: int = 0  # refined at full resolution (or at the scale the cascade used)
     spatial_pixels: int = 0  # dilated uncertain band
     temporal_pixels: int = 0  # dilated changed pixels; equals the frame without a previous frame
-    reused: bool = False  # a previous frame's alpha was available for shared pixels
+    reused: bool = False  # the previous frame's alpha was kept where nothing changed
     mode: str = "full"  # full | cascade | rescale | guided
     note: str = ""  # why temporal state was dropped, when it was
     ms: dict = field(default_factory=dict)  # per stage: prior, masks, refine, compose
@@ -70,14 +74,21 @@ class FrameStats:
 
 
 def prior_input_size(height: int, width: int) -> tuple[int, int]:
-    """The published rule: short side 512, each side rounded up to a multiple of 32."""
+    """The published rule: short side 512, each side rounded up to a multiple of 32. FrameError when
+    the long side would be over ``PRIOR_MAX_LONG_SIDE``."""
     short = min(height, width)
-    return (math.ceil(PRIOR_SHORT_SIDE / short * height / 32) * 32,
+    size = (math.ceil(PRIOR_SHORT_SIDE / short * height / 32) * 32,
             math.ceil(PRIOR_SHORT_SIDE / short * width / 32) * 32)
+    if max(size) > PRIOR_MAX_LONG_SIDE:
+        raise FrameError(f"the frame is {width}x{height}, too elongated for the prior network, which would see it "
+                         f"at {size[1]}x{size[0]}: over {PRIOR_MAX_LONG_SIDE} px on the long side (frames up to "
+                         f"about {PRIOR_MAX_LONG_SIDE // PRIOR_SHORT_SIDE}:1 can be matted)")
+    return size
 
 
 class FrameError(ValueError):
-    """The frame (or the prior given with it) cannot be matted: it holds NaN or infinite values."""
+    """The frame (or the prior given with it) cannot be matted: it holds NaN or infinite values, or
+    its aspect ratio is too extreme for the prior network."""
 
 
 def non_finite_values(pixels: torch.Tensor) -> str | None:
@@ -196,11 +207,11 @@ class Matter:
             n_active = int(masks.refine.sum().item())
             stats.spatial_pixels = int(masks.band.sum().item())
             stats.temporal_pixels = height * width if masks.changed is None else int(masks.changed.sum().item())
-            stats.reused = state is not None
             stats.masks = masks
 
         if n_active <= self.max_pixels or self.model is None:
             stats.active_pixels = n_active
+            stats.reused = state is not None
             with self._stage(stats, "refine"):
                 if self.model is None:
                     stats.mode = "guided"
@@ -209,7 +220,7 @@ class Matter:
                     refined = self._refine(image, prior, masks.refine, context)
             with self._stage(stats, "compose"):
                 alpha = compose(refined, masks, prior, None if state is None else state.alpha)
-        else:
+        else:  # the cascade computes the frame afresh: nothing of the previous frame is reused
             alpha = self._over_budget(image, prior_lr, context, n_active, stats)
         return alpha[0, 0], MatteState(image, alpha), stats
 

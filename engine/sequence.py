@@ -90,6 +90,23 @@ def find_frames(pattern: Pattern) -> list[int]:
     return sorted(frames)
 
 
+def check_same_kind(first: Pattern, first_name: str, second: Pattern, second_name: str) -> None:
+    """SequenceError unless both are sequence patterns or both are single files."""
+    if first.is_sequence != second.is_sequence:
+        raise SequenceError(f"{first_name} and {second_name} must both be sequence patterns (%04d or ####) "
+                            f"or both single files")
+
+
+def select_frames(pattern: Pattern, frames_text: str | None) -> list:
+    """The frames to process: those of ``frames_text`` (a frame range), else those on disk; [None]
+    for a single file, which takes no frame range."""
+    if not pattern.is_sequence:
+        if frames_text:
+            raise SequenceError(f"--frames needs a sequence pattern, not the single file '{pattern.text}'")
+        return [None]
+    return parse_frame_range(frames_text) if frames_text else find_frames(pattern)
+
+
 def parse_frame_range(text: str) -> list[int]:
     """Frames of "1001-1100", "5", "1-10x2" (every 2nd) or a list of these; sorted, unique
     (the grammar is ``sparsemat.plugin.frames``', shared with the hosts)."""

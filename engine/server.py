@@ -16,8 +16,7 @@ import signal
 import threading
 import time
 import traceback
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -26,25 +25,15 @@ import zmq
 from sparsemat.plugin import protocol
 from sparsemat.plugin.protocol import ProtocolError
 
+from .config import EngineConfig
 from .imageio import ImageReadError, display_rgb, read_alpha, read_rgb
-from .matting import MIN_PIXELS, FrameError
+from .matting import MAX_PIXELS, MIN_PIXELS, FrameError
 from .streams import StreamStore
 
 log = logging.getLogger("sparsemat.engine")
 ENGINE_VERSION = importlib.metadata.version("sparsemat")
 _STOP = object()
-
-
-@dataclass
-class EngineConfig:
-    address: str
-    checkpoint: str | None  # None: the weight-free guided refiner
-    device: str = "auto"
-    memory_budget_bytes: int = 4 << 30
-    idle_timeout_s: float = 900.0  # a stream unused this long is evicted
-    exit_when_idle_s: float = 0.0  # stop after this long with no work (0: never); see --exit-when-idle
-    max_pixels: int | None = None
-    half: bool = False
+_IDLE_TICK_S = 30.0  # how often an idle worker evicts idle streams and lets go of clients' closed blocks
 
 
 def _require(header: dict, field: str, kind, default=None, required: bool = True):
@@ -73,12 +62,13 @@ class Engine:
         self.state = "loading"  # loading | ready | failed
         self.load_error = ""
         self.model_name = model_name
-        self.streams = StreamStore(config.memory_budget_bytes, config.idle_timeout_s)
+        self.streams = StreamStore(config.memory_budget_bytes, config.stream_idle_s)
+        self._held = (0, 0)  # (streams, bytes) as the worker last saw them: status must not read the store
         self.started = time.monotonic()
         self.frames_served = 0
         self.busy = False
         self.draining = False
-        self._pending = 0  # requests queued for the worker and not yet answered (main thread only)
+        self._pending: Counter = Counter()  # ids queued for the worker and not yet answered (main thread only)
         self._last_work = time.monotonic()  # when a matte or reset was last queued or answered (main thread only)
         self._jobs: queue.Queue = queue.Queue()
         self._context = zmq.Context()
@@ -109,20 +99,19 @@ class Engine:
                 if wake_recv in events:
                     wake_recv.recv()
                 while not self._outbox.empty():
-                    identity, frames = self._outbox.get()
+                    identity, request_id, frames = self._outbox.get()
                     router.send_multipart([identity, *frames], copy=False)
-                    self._pending -= 1
+                    self._pending[request_id] -= 1
+                    if not self._pending[request_id]:
+                        del self._pending[request_id]
                     self._last_work = time.monotonic()
                 if router in events:
                     frames = router.recv_multipart(copy=False)
                     reply = self._receive(frames[0].bytes, frames[1:])
-                    if reply is None:
-                        self._pending += 1
-                        self._last_work = time.monotonic()
-                    else:
+                    if reply is not None:
                         router.send_multipart([frames[0].bytes, *reply], copy=False)
                 self._stop_when_idle()
-                if self.draining and self._pending == 0:
+                if self.draining and not self._pending:
                     break
         finally:
             self._jobs.put(_STOP)
@@ -141,18 +130,21 @@ class Engine:
         the GPU for ever: with ``exit_when_idle_s``, no matte or reset for that long stops it.
         ``status`` and ``hello`` are not work: monitoring does not keep an engine alive."""
         limit = self.config.exit_when_idle_s
-        if limit > 0 and not self.draining and self._pending == 0 and time.monotonic() - self._last_work > limit:
+        if limit > 0 and not self.draining and not self._pending and time.monotonic() - self._last_work > limit:
             log.info("no work for %.0f s: stopping (exit when idle)", limit)
             self.stop()
 
     def _receive(self, identity: bytes, frames: list) -> list | None:
-        """Reply frames for what can be answered now; None when the worker will answer."""
+        """Reply frames for what can be answered now; None when the request went to the worker."""
         request_id = None
         try:
             if not frames:
                 raise ProtocolError("bad_message", "empty message: expected a MessagePack header frame")
             header = protocol.unpack(frames[0].bytes)
             request_id = header.get("id")
+            if not isinstance(request_id, (int, str, type(None))):
+                request_id = None
+                raise ProtocolError("bad_request", "'id' must be an integer or a string")
             if header.get("v") != protocol.VERSION:
                 raise ProtocolError("bad_version", f"protocol version {header.get('v')!r} is not supported (this engine speaks {protocol.VERSION})")
             op = header.get("op")
@@ -161,19 +153,20 @@ class Engine:
             if op == "hello":
                 return [protocol.pack({"id": request_id, "ok": True, **self._hello()})]
             if op == "status":
-                return [protocol.pack({"id": request_id, "ok": True, **self._status()})]
-            if self.draining:
-                raise ProtocolError("busy", "the engine is shutting down and takes no new work")
-            if op == "shutdown":
+                return [protocol.pack({"id": request_id, "ok": True, **self._status(header)})]
+            if op == "shutdown":  # also while draining: asking twice is not an error
                 self.stop()
                 return [protocol.pack({"id": request_id, "ok": True})]
+            if self.draining:
+                raise ProtocolError("busy", "the engine is shutting down and takes no new work")
             if op == "reset":
                 _require(header, "stream", str)
+                request = header
             else:
                 request = self._parse_matte(header, frames)
-                self._jobs.put((identity, request_id, "matte", request))
-                return None
-            self._jobs.put((identity, request_id, op, header))
+            self._jobs.put((identity, request_id, op, request))
+            self._pending[request_id] += 1
+            self._last_work = time.monotonic()
             return None
         except ProtocolError as exc:
             return _error(request_id, exc.code, str(exc))
@@ -185,19 +178,23 @@ class Engine:
         return str(self.matter.device) if self.matter is not None else self.config.device
 
     def _hello(self) -> dict:
-        max_pixels = self.matter.max_pixels if self.matter is not None else self.config.max_pixels
+        max_pixels = self.matter.max_pixels if self.matter is not None else MAX_PIXELS
         return {"protocol": protocol.VERSION, "engine": ENGINE_VERSION, "model": self.model_name,
                 "device": self._device(), "pid": os.getpid(), "state": self.state,
                 "limits": {"max_header_bytes": protocol.MAX_HEADER_BYTES, "max_message_bytes": protocol.MAX_MESSAGE_BYTES,
                            "max_pixels": max_pixels, "dtypes": list(protocol.DTYPES),
                            "transports": list(protocol.TRANSPORTS)}}
 
-    def _status(self) -> dict:
-        return {"address": self.config.address, "pid": os.getpid(), "uptime_s": time.monotonic() - self.started,
-                "state": self.state, "error": self.load_error,
-                "device": self._device(), "model": self.model_name, "streams": len(self.streams),
-                "memory_bytes": self.streams.memory_bytes, "memory_budget_bytes": self.config.memory_budget_bytes,
-                "frames_served": self.frames_served, "queue": self._jobs.qsize(), "busy": self.busy}
+    def _status(self, header: dict) -> dict:
+        streams, memory_bytes = self._held
+        status = {"address": self.config.address, "pid": os.getpid(), "uptime_s": time.monotonic() - self.started,
+                  "state": self.state, "error": self.load_error,
+                  "device": self._device(), "model": self.model_name, "streams": streams,
+                  "memory_bytes": memory_bytes, "memory_budget_bytes": self.config.memory_budget_bytes,
+                  "frames_served": self.frames_served, "queue": self._jobs.qsize(), "busy": self.busy}
+        if "request" in header:  # a client's heartbeat asks whether its request is still here
+            status["request"] = "pending" if header["request"] in self._pending else "unknown"
+        return status
 
     def _parse_matte(self, header: dict, frames: list) -> dict:
         request = {
@@ -270,9 +267,16 @@ class Engine:
         wake = self._context.socket(zmq.PAIR)
         wake.connect("inproc://sparsemat-wake")
         self._load()
+        tick = min(_IDLE_TICK_S, self.config.stream_idle_s)
         try:
             while True:
-                job = self._jobs.get()
+                try:
+                    job = self._jobs.get(timeout=tick)
+                except queue.Empty:  # no work: what idles out goes now, not at the next frame
+                    self.streams.evict()
+                    self._blocks.let_go_of_closed()
+                    self._held = (len(self.streams), self.streams.memory_bytes)
+                    continue
                 if job is _STOP:
                     return
                 identity, request_id, op, request = job
@@ -286,7 +290,8 @@ class Engine:
                     frames = _error(request_id, "internal", f"{type(exc).__name__}: {exc}".splitlines()[0])
                 finally:
                     self.busy = False
-                self._outbox.put((identity, frames))
+                self._held = (len(self.streams), self.streams.memory_bytes)
+                self._outbox.put((identity, request_id, frames))
                 wake.send(b"")
         finally:
             self._blocks.close()
@@ -298,8 +303,9 @@ class Engine:
         if op == "reset":
             dropped = self.streams.reset(request["stream"])
             return [protocol.pack({"id": request_id, "ok": True, "dropped": dropped})]
-        stream = self.streams.get(request["stream"])
-        if stream.last_reply is not None and stream.last_reply[0] == request_id and request_id is not None:
+        stream = self.streams.find(request["stream"])
+        if (stream is not None and stream.last_reply is not None and request_id is not None
+                and stream.last_reply[0] == request_id and stream.frame == request["frame"]):
             _, frames, alpha_in_shm = stream.last_reply  # a client retry: the same answer, not a second compute
             if alpha_in_shm is not None:
                 block, offset, dtype, alpha = alpha_in_shm
@@ -324,7 +330,8 @@ class Engine:
         alpha_slot = None if request["alpha_shm_offset"] is None else self._alpha_slot(
             request["image"]["shm"], request["alpha_shm_offset"], alpha_dtype, frame_rgb.shape[:2])
         read_ms = (time.perf_counter() - start) * 1000.0
-        previous = self.streams.previous_state(stream, request["frame"], request["temporal"], request["keyframe_interval"])
+        previous = None if stream is None else self.streams.previous_state(
+            stream, request["frame"], request["temporal"], request["keyframe_interval"])
         matter = self.matter.with_budget(request["max_pixels"])
         try:
             alpha, state, stats = matter.matte(torch.from_numpy(frame_rgb), previous,
@@ -333,7 +340,7 @@ class Engine:
             raise ProtocolError("bad_pixels", str(exc)) from exc
         # Kept even when this frame did not reuse: the next one may. Inside the frame's total:
         # replacing the previous state frees its frame and alpha, as an in-process loop does.
-        self.streams.record(request["stream"], request["frame"], state)
+        stream = self.streams.record(request["stream"], request["frame"], state)
         if alpha_slot is None:
             alpha = alpha.cpu().numpy().astype(alpha_dtype, copy=False)
         self.frames_served += 1
@@ -403,8 +410,10 @@ class SharedMemoryBlocks:
 
     def read(self, name: str, nbytes: int, read):
         """``read(buffer)`` on the block ``name``, which must hold at least ``nbytes``."""
+        if not protocol.SHARED_MEMORY:
+            raise ProtocolError("bad_request", "the shared-memory transport needs an engine on Linux; send pixels inline")
         try:
-            info = os.stat(os.path.join("/dev/shm", name.lstrip("/")))
+            info = os.stat(_block_path(name))
             key = (name, info.st_ino)
             block = self._blocks.pop(key, None)
             if block is not None and block.size != info.st_size:
@@ -413,6 +422,7 @@ class SharedMemoryBlocks:
                 block = None
             fresh = block is None
             if fresh:
+                self.let_go_of_closed()
                 block = shared_memory.SharedMemory(name=name, create=False)
         except (FileNotFoundError, ValueError, OSError) as exc:
             raise ProtocolError("bad_pixels", f"shared memory block {name!r} cannot be opened: {exc}") from exc
@@ -425,12 +435,32 @@ class SharedMemoryBlocks:
             self._blocks.popitem(last=False)[1].close()
         if block.size < nbytes:
             raise ProtocolError("size_mismatch", f"shared memory block {name!r} holds {block.size} bytes, "
-                                                 f"the shape needs {nbytes}")
+                                                 f"the request needs {nbytes}")
         return read(block.buf)
+
+    def let_go_of_closed(self) -> None:
+        """Unmap the blocks whose clients have closed (unlinked) or replaced them: a mapping keeps a
+        closed block's memory in use, up to a frame per block (800 MB for an 8K float frame)."""
+        for key in list(self._blocks):
+            name, inode = key
+            try:
+                current = os.stat(_block_path(name)).st_ino
+            except OSError:
+                current = None
+            if current != inode:
+                try:
+                    self._blocks[key].close()
+                except BufferError:  # a view of it is still in use: next time
+                    continue
+                del self._blocks[key]
 
     def close(self) -> None:
         while self._blocks:
             self._blocks.popitem()[1].close()
+
+
+def _block_path(name: str) -> str:
+    return os.path.join("/dev/shm", name.lstrip("/"))
 
 
 def _load_image(source: dict, colourspace: str | None, blocks: SharedMemoryBlocks) -> np.ndarray:
@@ -469,7 +499,7 @@ def run_engine(config: EngineConfig) -> int:
     from .cli import load_matter
 
     def load():
-        return load_matter(config.checkpoint, config.device, config.max_pixels, "torch", config.half)
+        return load_matter(config.checkpoint, config.device, half=config.half)
 
     name = f"SparseMat ({os.path.basename(config.checkpoint)})" if config.checkpoint else "guided refiner (no checkpoint)"
     engine = Engine(config, load, name)

@@ -51,11 +51,9 @@ class StreamStore:
     def memory_bytes(self) -> int:
         return sum(stream.nbytes for stream in self._streams.values())
 
-    def get(self, stream_id: str) -> Stream:
-        stream = self._streams.pop(stream_id, None) or Stream()
-        stream.last_used = self._clock()
-        self._streams[stream_id] = stream
-        return stream
+    def find(self, stream_id: str) -> Stream | None:
+        """The stream, if it is held; a request that fails creates none."""
+        return self._streams.get(stream_id)
 
     def previous_state(self, stream: Stream, frame: int, temporal: bool, keyframe_interval: int) -> MatteState | None:
         """The state to continue from, or None to start over (the size check is the Matter's)."""
@@ -63,11 +61,14 @@ class StreamStore:
             return None
         return stream.state
 
-    def record(self, stream_id: str, frame: int, state: MatteState | None) -> None:
-        """Keep ``state`` as the stream's latest; the reply to this frame is set by the caller once built."""
-        stream = self.get(stream_id)
-        stream.frame, stream.state, stream.last_reply = frame, state, None
+    def record(self, stream_id: str, frame: int, state: MatteState | None) -> Stream:
+        """Keep ``state`` as the stream's latest, as its most recently used; the caller sets the
+        reply to this frame once built."""
+        stream = self._streams.pop(stream_id, None) or Stream()
+        stream.frame, stream.state, stream.last_reply, stream.last_used = frame, state, None, self._clock()
+        self._streams[stream_id] = stream
         self.evict(keep=stream_id)
+        return stream
 
     def reset(self, stream_id: str) -> bool:
         return self._streams.pop(stream_id, None) is not None

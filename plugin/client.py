@@ -6,8 +6,11 @@ engine is optionally started, and the request is sent again, a bounded number
 of times, before a clear :class:`EngineUnavailable`. A frame can legitimately
 take a long time on a CPU engine, so while waiting the client pings ``status``
 (which the engine answers at once even when busy): the timeout measures the
-engine's silence, not the frame's compute time. Retries reuse the request id;
-the engine answers a repeated id from its cache instead of computing twice.
+engine's silence, not the frame's compute time. Each ping names the request it
+waits for, and an engine that does not hold it (one restarted since, or one that
+could not read it) says so: the request is sent again at once instead of waiting
+on an engine that will never answer it. Retries reuse the request id; the engine
+answers a repeated id from its cache instead of computing twice.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from typing import Callable, Sequence
 
 import numpy as np
@@ -27,6 +31,30 @@ from .shared_block import SharedBlock
 
 _DTYPE_NAMES = {np.dtype(v): k for k, v in protocol.DTYPES.items()}
 log = logging.getLogger("sparsemat.plugin")
+
+
+_SILENT, _LOST = "silent", "lost"  # why _wait returned no reply
+
+
+def _prior_array(prior) -> np.ndarray:
+    """A prior as a pixel block's array: (H, W) or (H, W, 1); float64 (numpy's default) as float32."""
+    prior = np.asarray(prior)
+    if prior.ndim == 3 and prior.shape[2] == 1:
+        prior = prior[..., 0]
+    if prior.ndim != 2:
+        raise ValueError(f"a prior must be (H, W) or (H, W, 1), got shape {prior.shape}")
+    return prior.astype(np.float32) if prior.dtype == np.float64 else prior
+
+
+def _check_size(message: list) -> None:
+    """Refuse, before sending, what the engine would refuse without being able to say to whom."""
+    if len(message[0]) > protocol.MAX_HEADER_BYTES:
+        raise ValueError(f"the request header is {len(message[0])} bytes, over the protocol's "
+                         f"{protocol.MAX_HEADER_BYTES}-byte limit (a very long stream name or path?)")
+    total = sum(memoryview(part).nbytes for part in message)
+    if total > protocol.MAX_MESSAGE_BYTES:
+        raise ValueError(f"the request is {total} bytes, over the protocol's {protocol.MAX_MESSAGE_BYTES}-byte "
+                         f"message limit: send the pixels through shared memory or a file")
 
 
 class EngineError(RuntimeError):
@@ -66,7 +94,8 @@ class EngineClient:
         self._socket: zmq.Socket | None = None
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._prefix = f"{os.getpid()}-{id(self):x}"
+        # Unique across clients and processes: the engine answers a repeated id from its cache.
+        self._prefix = uuid.uuid4().hex
         # Shared-memory blocks by role: "image" (with the alpha slots) and "prior".
         self._blocks: dict[str, SharedBlock] = {}
         self._refused: dict[str, int] = {}  # by role, the smallest size the system had no room for
@@ -90,11 +119,12 @@ class EngineClient:
               temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
               max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
         """Alpha (H, W, read-only) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
-        C in 1, 3, 4, sent ``inline`` or through ``shm`` (shared memory, for an engine on this machine;
-        inline, with a logged warning, when the system has no room for the block); or ``path`` of a
-        file the engine reads.
-        The optional coarse alpha: ``prior`` (an array, sent by ``transport`` as the image is, in a
-        block of its own through ``shm``) or ``prior_path`` (a file).
+        C in 1, 3, 4, sent ``inline`` or through ``shm`` (shared memory, for an engine on this Linux
+        machine; inline elsewhere, and, with a logged warning, when the system has no room for the
+        block); or ``path`` of a file the engine reads.
+        The optional coarse alpha: ``prior`` ((H, W) or (H, W, 1) at any resolution, of the image's
+        dtypes, integers scaled to [0, 1] as the image's are; float64 is sent as float32), sent by
+        ``transport`` as the image is, in a block of its own through ``shm``; or ``prior_path`` (a file).
         Through ``shm`` the alpha is a view of this client's block, not a copy; it stays valid for as
         long as anything refers to it (see shared_block.py)."""
         header = {"op": "matte", "stream": stream, "frame": int(frame), "temporal": temporal,
@@ -119,8 +149,7 @@ class EngineClient:
             if prior_path is not None:
                 header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
             elif prior is not None:
-                header["prior"] = self._pixel_block(np.asarray(prior, dtype=np.float32)[..., None], transport, payload,
-                                                    "prior")
+                header["prior"] = self._pixel_block(_prior_array(prior), transport, payload, "prior")
             reply, frames = self._request_locked(header, payload, self.retries)
             dtype, shape = protocol.DTYPES[reply["dtype"]], reply["shape"]
             if reply.get("alpha_in_shm"):
@@ -152,7 +181,7 @@ class EngineClient:
             payload.append(memoryview(pixels).cast("B"))
             block["frame"] = len(payload)
         elif transport == "shm":
-            name = self._copy_to_shared_memory(pixels, role)
+            name = self._copy_to_shared_memory(pixels, role) if protocol.SHARED_MEMORY else None
             if name is None:
                 return self._pixel_block(pixels, "inline", payload, role)
             block["shm"] = name
@@ -194,26 +223,34 @@ class EngineClient:
     def _request_locked(self, header: dict, payload: list, retries: int):
         request_id = f"{self._prefix}-{next(self._ids)}"
         message = [protocol.pack({**header, "id": request_id}), *payload]
+        _check_size(message)
+        lost = False
         for attempt in range(retries + 1):
             socket = self._connect()
             socket.send_multipart(message, copy=False)
             answer = self._wait(socket, request_id)
-            if answer is not None:
+            if isinstance(answer, tuple):
                 reply, frames = answer
                 if not reply.get("ok"):
                     error = reply.get("error") or {}
                     raise EngineError(error.get("code", "internal"), error.get("message", "engine error"))
                 return reply, frames
+            lost = answer == _LOST
             self._drop_socket()
             if attempt < retries and self.autostart is not None:
                 self.autostart(self.address)
+        if lost:
+            raise EngineUnavailable(f"the SparseMat engine at {self.address} answers but did not receive the request "
+                                    f"in {retries + 1} attempt(s) (restarted meanwhile?); its log may say why")
         raise EngineUnavailable(f"no answer from the SparseMat engine at {self.address} "
                                 f"after {retries + 1} attempt(s); is it running? (sparsemat engine status)")
 
     def _wait(self, socket: zmq.Socket, request_id: str):
-        """(header, payload frames) of the reply, or None once the engine has been silent too long."""
+        """(header, payload frames) of the reply; else _SILENT once the engine has been silent too
+        long, or _LOST once it answers a ping without holding the request."""
         last_heard = time.monotonic()
         pings = itertools.count(1)
+        ping_prefix = f"{request_id}-ping"
         while time.monotonic() - last_heard < self.timeout:
             if socket.poll(int(min(self.heartbeat, self.timeout) * 1000), zmq.POLLIN):
                 frames = socket.recv_multipart(copy=False)  # the alpha is used from the message buffer
@@ -222,12 +259,22 @@ class EngineClient:
                     reply = protocol.unpack(frames[0].bytes)
                 except protocol.ProtocolError:
                     continue
-                if reply.get("id") == request_id:
+                answer_to = reply.get("id")
+                if answer_to == request_id:
                     return reply, [frame.buffer for frame in frames[1:]]
+                if isinstance(answer_to, str) and answer_to.startswith(ping_prefix) and reply.get("request") == "unknown":
+                    # Replies and ping answers share one ordered pipe: had the reply been sent
+                    # before this answer, it would have arrived first.
+                    return _LOST
                 continue  # a ping's answer, or a late reply to a request given up on
-            # The engine answers status at once even while computing or loading the model.
-            socket.send_multipart([protocol.pack({"op": "status", "id": f"{request_id}-ping{next(pings)}"})])
-        return None
+            # The engine answers status at once even while computing or loading the model. Not
+            # blocking: with no engine connected, pings would fill the queue and block here.
+            try:
+                socket.send_multipart([protocol.pack({"op": "status", "id": f"{ping_prefix}{next(pings)}",
+                                                      "request": request_id})], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        return _SILENT
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None:

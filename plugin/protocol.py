@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 
 import msgpack
@@ -15,6 +16,8 @@ ALPHA_DTYPES = ("float16", "float32")
 TRANSPORTS = ("inline", "shm", "file")
 MAX_HEADER_BYTES = 65536
 MAX_MESSAGE_BYTES = 2 << 30  # per ZeroMQ message; an 8K RGBA float32 frame is 531 MB
+# The "shm" transport needs /dev/shm, where the engine identifies blocks: Linux only.
+SHARED_MEMORY = sys.platform.startswith("linux")
 
 
 class ProtocolError(ValueError):

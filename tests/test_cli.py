@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_rgb
-from sparsemat.engine.imageio import read_alpha
+from conftest import run_cli, start_engine, stop_engine, write_rgb
+from sparsemat.engine.imageio import read_alpha, write_alpha
 
 
 @pytest.fixture()
@@ -35,7 +35,7 @@ def test_sequence_is_matted_with_frame_numbers_kept_and_a_summary(clip, tmp_path
     assert result.returncode == 0, result.stderr
     assert written(tmp_path / "out") == [f"alpha.{n}.exr" for n in range(1001, 1005)]
     assert "4 frame(s) written, 0 skipped, 0 failed" in result.stdout
-    assert "mean active fraction" in result.stdout and "s/frame" in result.stdout
+    assert "mean active fraction" in result.stdout and "s per written frame" in result.stdout
     alpha = read_alpha(str(tmp_path / "out" / "alpha.1002.exr"))
     assert alpha.shape == (96, 128) and 0 <= alpha.min() and alpha.max() <= 1
 
@@ -144,3 +144,155 @@ def test_keyframe_interval_makes_chunked_runs_equal_one_run(clip, tmp_path, seed
     assert alone.returncode == 0
     assert not np.array_equal(read_alpha(str(tmp_path / "alone" / "alpha.1004.exr")),
                               read_alpha(str(tmp_path / "whole" / "alpha.1004.exr")))
+
+
+def write_priors(clip) -> None:
+    for frame in range(1001, 1005):
+        write_alpha(str(clip / f"prior.{frame}.exr"), np.full((96, 128), 0.5, dtype=np.float32))
+
+
+def files(folder) -> dict:
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+@pytest.mark.parametrize("output", ["plate.%04d.exr", "../clip/plate.####.exr", "prior.####.exr"])
+def test_output_naming_input_files_is_refused_before_anything_is_done(clip, seed1_checkpoint, output):
+    write_priors(clip)
+    before = files(clip)
+    result = run_cli("matte", clip / "plate.####.exr", clip / output, "--prior", clip / "prior.%04d.exr",
+                     "--checkpoint", seed1_checkpoint, "--device", "cpu", "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert "OUTPUT would overwrite the input file" in result.stderr and "1001.exr" in result.stderr
+    assert files(clip) == before
+
+
+@pytest.mark.parametrize("command", ["matte", "preview"])
+@pytest.mark.parametrize(("colourspace", "ocio", "message"), [("bogus", None, "unknown colourspace 'bogus'"),
+                                                              ("ACEScg", "missing.ocio", "cannot load OCIO config")])
+def test_bad_input_colourspace_is_refused_before_any_work(clip, tmp_path, seed1_checkpoint, command, colourspace,
+                                                          ocio, message):
+    output = tmp_path / "out" / ("alpha.####.exr" if command == "matte" else "sheet.png")
+    result = run_cli(command, clip / "plate.####.exr", output, "--checkpoint", seed1_checkpoint, "--device", "cpu",
+                     "--input-colorspace", colourspace, env={"OCIO": str(tmp_path / ocio)} if ocio else None)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count(message) == 1 and "--input-colorspace" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_progress_counts_a_frame_once_it_is_finished(clip, tmp_path, seed1_model, monkeypatch):
+    import tqdm
+
+    from sparsemat.engine.job import InProcessMatter, MatteJob, run_job
+    from sparsemat.engine.matting import Matter
+    from sparsemat.engine.sequence import parse_pattern
+
+    bars = []
+
+    class RecordedBar(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", RecordedBar)
+    frame = clip / "plate.1003.exr"
+    frame.write_bytes(frame.read_bytes()[:2000])  # a failed frame counts as finished too
+    out = tmp_path / "out"
+    matter = InProcessMatter(Matter(seed1_model))
+    seen = []  # (frames the bar shows done, mattes written) as each frame starts
+
+    def matte(*args, **kwargs):
+        seen.append((bars[0].n, len(written(out))))
+        return matter(*args, **kwargs)
+
+    job = MatteJob(parse_pattern(str(clip / "plate.####.exr")), parse_pattern(str(out / "alpha.####.exr")),
+                   [1001, 1002, 1003, 1004])
+    summary = run_job(job, matte)
+    assert seen == [(0, 0), (1, 1), (3, 2)] and bars[0].n == 4
+    assert "s per written frame" in summary.describe()
+
+
+@pytest.mark.parametrize(("command", "option", "value"), [("matte", "--keyframe-interval", "-3"),
+                                                          ("preview", "--frame", "-1")])
+def test_negative_counts_are_refused_by_the_parser(clip, tmp_path, command, option, value):
+    result = run_cli(command, clip / "plate.####.exr", tmp_path / "a.####.exr", option, value)
+    assert result.returncode == 2 and f"argument {option}: expected an integer, 0 or more" in result.stderr
+
+
+def test_no_output_folder_when_no_frame_is_written(clip, tmp_path, seed1_checkpoint):
+    result = matte(clip, tmp_path / "out", seed1_checkpoint, "--frames", "2001-2002")  # not on disk
+    assert result.returncode == 1 and "2 failed" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("through_engine", [False, True], ids=["in-process", "engine"])
+def test_too_elongated_frame_fails_alone(clip, tmp_path, seed1_checkpoint, runtime, through_engine):
+    write_rgb(clip / "plate.1003.exr", np.full((20, 200, 3), 0.3, dtype=np.float32))  # 10:1
+    address = f"ipc://{tmp_path}/engine.sock"
+    if through_engine:
+        start_engine(address, seed1_checkpoint, runtime)
+    try:
+        result = matte(clip, tmp_path / "out", seed1_checkpoint, *(["--engine", address] if through_engine else []))
+    finally:
+        if through_engine:
+            stop_engine(address, runtime)
+    assert result.returncode == 1, result.stderr
+    assert "cannot matte" in result.stderr and "plate.1003.exr" in result.stderr
+    assert "200x20, too elongated for the prior network" in result.stderr
+    assert written(tmp_path / "out") == ["alpha.1001.exr", "alpha.1002.exr", "alpha.1004.exr"]
+
+
+@pytest.fixture()
+def clip_from_zero(tmp_path, reference):
+    """Frames 0-2 as PNG with a coarse prior each: preview needs no checkpoint with them."""
+    folder = tmp_path / "zero"
+    folder.mkdir()
+    for frame in range(3):
+        write_rgb(folder / f"plate.{frame:04d}.png", np.ascontiguousarray(reference["frames"][frame][:96, :128]))
+        prior = np.zeros((24, 32), dtype=np.float32)
+        prior[6:18, 8 + frame:24 + frame] = 1.0
+        write_alpha(str(folder / f"prior.{frame:04d}.exr"), prior)
+    return folder
+
+
+def preview(folder, sheet, *options):
+    return run_cli("preview", folder / "plate.%04d.png", sheet, "--prior", folder / "prior.####.exr",
+                   "--device", "cpu", *options, env={"SPARSEMAT_CHECKPOINT": ""})
+
+
+@pytest.mark.parametrize("options", [[], ["--frame", "0"], ["--frame", "1"]])
+def test_preview_of_frame_0_and_after_it(clip_from_zero, tmp_path, options):
+    result = preview(clip_from_zero, tmp_path / "sheet.png", *options)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sheet.png").is_file() and "note" not in result.stderr
+
+
+@pytest.mark.parametrize("broken", ["prior.0001.exr", "plate.0001.png"])
+def test_preview_without_a_usable_previous_frame_draws_the_frame_without_changed_pixels(clip_from_zero, tmp_path,
+                                                                                        broken):
+    path = clip_from_zero / broken
+    if broken.startswith("plate"):
+        path.write_bytes(path.read_bytes()[:100])  # truncated
+    else:
+        path.unlink()
+    result = preview(clip_from_zero, tmp_path / "sheet.png", "--frame", "2")
+    assert result.returncode == 0, result.stderr
+    assert "note: no changed pixels (blue) from frame 1" in result.stderr and broken in result.stderr
+    assert (tmp_path / "sheet.png").is_file()
+
+
+@pytest.mark.parametrize(("plate", "prior", "options", "message"), [
+    ("plate.0000.png", "prior.####.exr", [], "INPUT and --prior must both be sequence patterns"),
+    ("plate.0000.png", "prior.0000.exr", ["--frame", "1"], "--frame needs a sequence pattern"),
+])
+def test_preview_refuses_what_matte_refuses(clip_from_zero, tmp_path, plate, prior, options, message):
+    result = run_cli("preview", clip_from_zero / plate, tmp_path / "sheet.png", "--prior", clip_from_zero / prior,
+                     *options, env={"SPARSEMAT_CHECKPOINT": ""})
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "sheet.png").exists()
+
+
+def test_preview_does_not_overwrite_a_plate(clip_from_zero):
+    before = files(clip_from_zero)
+    result = preview(clip_from_zero, clip_from_zero / "plate.0000.png")
+    assert result.returncode == 2 and "OUTPUT would overwrite the input file" in result.stderr
+    assert files(clip_from_zero) == before

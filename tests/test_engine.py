@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -158,16 +159,42 @@ def test_client_raises_engine_errors_with_code(engine, transport):
     frame = np.zeros((16, 24, 3), np.float32)
     frame[5, 9, 1] = np.inf
     client = EngineClient(engine[0])
+    streams = client.status()["streams"]
     with pytest.raises(EngineError, match=r"1 NaN/infinite pixel values \(first at x=9, y=5\)") as caught:
-        client.matte("s", 1, frame, transport=transport)
+        client.matte(f"bad-{transport}", 1, frame, transport=transport)
     assert caught.value.code == "bad_pixels"
     frame[5, 9, 1] = 0.5
     prior = np.full((2, 3), 0.5, np.float32)
     prior[1, 2] = np.nan
     with pytest.raises(EngineError, match=r"prior has 1 NaN/infinite pixel values \(first at x=2, y=1\)") as caught:
-        client.matte("s", 1, frame, transport=transport, prior=prior)
+        client.matte(f"bad-{transport}", 1, frame, transport=transport, prior=prior)
     assert caught.value.code == "bad_pixels"
-    assert client.matte("s", 1, frame, transport=transport)[0].shape == (16, 24)
+    assert client.status()["streams"] == streams  # a failed request holds no state
+    assert client.matte(f"bad-{transport}", 1, frame, transport=transport)[0].shape == (16, 24)
+    assert client.status()["streams"] == streams + 1
+    client.close()
+
+
+def test_the_client_refuses_a_header_over_the_limit_before_sending(engine):
+    """The engine cannot say to whom a header it will not read belongs: the client checks first."""
+    client = EngineClient(engine[0], timeout=2.0, retries=0)
+    with pytest.raises(ValueError, match="over the protocol's 65536-byte limit"):
+        client.matte("s" * 70000, 1, np.zeros((8, 8, 3), np.float32))
+    client.close()
+
+
+def test_integer_and_three_dimensional_priors_are_read_as_images_are(engine, reference):
+    """A uint8 prior is scaled to [0, 1] as a uint8 image is (it was clipped: 128 became 1.0)."""
+    frame = frames_of(reference, 1)[0]
+    eight_bit = np.random.default_rng(3).integers(0, 256, (6, 8), dtype=np.uint8)
+    as_float = eight_bit.astype(np.float32) * np.float32(1 / 255)  # the engine's scaling
+    client = EngineClient(engine[0])
+    expected = client.matte("prior-float", 1, frame, prior=as_float)[0].copy()
+    for transport in ("inline", "shm"):
+        assert np.array_equal(client.matte("prior-u8", 1, frame, prior=eight_bit, transport=transport)[0], expected)
+    assert np.array_equal(client.matte("prior-hw1", 1, frame, prior=as_float[..., None])[0], expected)
+    with pytest.raises(ValueError, match="a prior must be"):
+        client.matte("prior-rgb", 1, frame, prior=np.zeros((6, 8, 3), np.float32))
     client.close()
 
 
@@ -216,6 +243,25 @@ def test_a_retried_request_is_answered_from_cache(engine, reference):
     second = raw_request(engine[0], request, frame.tobytes())
     assert first == second and first["ok"]
     assert EngineClient(engine[0]).status()["frames_served"] == served + 1
+    # The same id for another frame is not a retry (ids are the client's; the cache must not answer it).
+    other = msgpack.packb({**msgpack.unpackb(request), "frame": 4})
+    assert raw_request(engine[0], other, frame.tobytes())["frame"] == 4
+    assert EngineClient(engine[0]).status()["frames_served"] == served + 2
+
+
+def test_clients_made_one_after_another_never_share_request_ids(engine, reference):
+    """A new client often reuses a freed one's address in memory: ids built from it made the engine
+    answer frame 2 from frame 1's cache."""
+    frames = frames_of(reference, 2)
+    with EngineClient(engine[0]) as one_client:
+        expected = [one_client.matte("ids-expected", n + 1, frames[n])[0].copy() for n in range(2)]
+    for n in range(2):
+        client = EngineClient(engine[0])
+        alpha = client.matte("ids", n + 1, frames[n])[0].copy()
+        client.close()
+        del client
+        gc.collect()
+        assert np.array_equal(alpha, expected[n]), f"frame {n + 1}"
 
 
 def test_a_retried_shared_memory_request_writes_its_alpha_again(engine, reference):
@@ -365,6 +411,125 @@ def test_engine_killed_mid_request_is_reported_and_autostart_recovers(runtime, s
         stop_engine(address, runtime)
 
 
+def test_an_engine_restarted_under_a_waiting_client_gets_the_request_again(runtime, seed1_checkpoint, reference,
+                                                                          tmp_path):
+    """systemd restarts a crashed engine at once: the new engine answers the client's pings but never
+    got its request. The client must notice, not wait for ever, and send the request again."""
+    address = f"ipc://{tmp_path}/restart.sock"
+    pid = start_engine(address, seed1_checkpoint, runtime)
+    big = np.ascontiguousarray(np.tile(reference["frames"][0], (4, 4, 1)).astype(np.float32) / 255)
+    client = EngineClient(address, timeout=20.0, heartbeat=0.5, retries=1)  # silence alone would take 20 s
+    client.status()
+    result = {}
+    waiting = threading.Thread(target=lambda: result.update(alpha=client.matte("big", 1, big)[0].copy()))
+    waiting.start()
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGKILL)
+    try:
+        start_engine(address, seed1_checkpoint, runtime)
+        waiting.join(timeout=120)
+        assert not waiting.is_alive(), "the client is still waiting on a request the new engine never got"
+        fresh = EngineClient(address)
+        assert np.array_equal(result["alpha"], fresh.matte("big-again", 1, big)[0])
+        fresh.close()
+    finally:
+        client.close()
+        stop_engine(address, runtime)
+
+
+def test_pings_to_no_engine_never_block_the_client(tmp_path):
+    """With no engine, pings queue in the socket; past its high-water mark a blocking send never returned."""
+    client = EngineClient(f"ipc://{tmp_path}/nobody.sock", timeout=3.0, heartbeat=0.05, retries=0)
+    outcome = {}
+
+    def ask():
+        try:
+            client.status()
+        except EngineUnavailable as exc:
+            outcome["error"] = str(exc)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(timeout=30)
+    assert not asking.is_alive(), "the client blocked"
+    assert "no answer from the SparseMat engine" in outcome["error"]
+    client.close()
+
+
+def test_shutdown_while_draining_is_not_an_error(runtime, seed1_checkpoint, reference, tmp_path):
+    address = f"ipc://{tmp_path}/drain.sock"
+    start_engine(address, seed1_checkpoint, runtime)
+    frame = np.ascontiguousarray(np.tile(reference["frames"][0], (2, 2, 1)).astype(np.float32) / 255)
+    working = EngineClient(address, timeout=10.0)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(alpha=working.matte("d", 1, frame)[0].copy()))
+    thread.start()
+    time.sleep(0.5)
+    stopper = EngineClient(address, retries=0)
+    stopper.shutdown()
+    stopper.shutdown()  # a second stop while the first frame finishes: answered, not "busy"
+    stopper.close()
+    thread.join(timeout=60)
+    assert result["alpha"].shape == frame.shape[:2]
+    assert stop_engine(address, runtime).returncode == 0
+
+
+def test_idle_streams_and_closed_blocks_are_let_go_without_new_frames(runtime, seed1_checkpoint, reference, tmp_path):
+    """An engine that goes quiet must free streams that idled out and the clients' closed shared-memory
+    blocks (a mapping keeps a closed block's memory in use), not wait for the next frame to do it."""
+    address = f"ipc://{tmp_path}/quiet.sock"
+    pid = start_engine(address, seed1_checkpoint, runtime, "--stream-idle-timeout", "1")
+    try:
+        client = EngineClient(address)
+        client.matte("quiet", 1, frames_of(reference, 1)[0], transport="shm")
+        names = [block.name for block in client._blocks.values()]  # noqa: SLF001
+        client.close()
+        watcher = EngineClient(address)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with open(f"/proc/{pid}/maps") as maps:
+                mapped = [name for name in names if name in maps.read()]
+            if watcher.status()["streams"] == 0 and not mapped:
+                break
+            time.sleep(0.25)
+        else:
+            pytest.fail(f"after 15 s: {watcher.status()['streams']} stream(s) held, blocks still mapped: {mapped}")
+        watcher.close()
+    finally:
+        stop_engine(address, runtime)
+
+
+def test_stop_never_signals_a_process_a_stale_pid_file_names(runtime, tmp_path, monkeypatch):
+    """A pid file outlives an engine that crashed; its pid may since belong to anything."""
+    address = f"ipc://{tmp_path}/stale.sock"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    from sparsemat.engine.daemon import state_files
+
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        with open(state_files(address)[0], "w") as handle:
+            handle.write(str(bystander.pid))
+        result = stop_engine(address, runtime)
+        assert result.returncode == 0 and "no engine running" in result.stdout
+        assert bystander.poll() is None, "stop signalled an unrelated process"
+        assert not os.path.exists(state_files(address)[0])
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("engine", "start", "--memory-budget", "0"), "expected a number over 0"),
+    (("engine", "serve", "--stream-idle-timeout", "-1"), "expected a number over 0"),
+    (("matte", "{plate}", "out.exr", "--engine", "localhost:5555"), "--engine: address must start with"),
+])
+def test_bad_engine_options_are_usage_errors(arguments, message, tmp_path):
+    write_rgb(tmp_path / "plate.png", np.zeros((8, 8, 3), np.uint8))
+    result = run_cli(*(argument.format(plate=tmp_path / "plate.png") for argument in arguments))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_sigterm_finishes_the_request_in_flight(runtime, seed1_checkpoint, reference, tmp_path):
     address = f"ipc://{tmp_path}/term.sock"
     pid = start_engine(address, seed1_checkpoint, runtime)
@@ -385,7 +550,7 @@ def test_sigterm_finishes_the_request_in_flight(runtime, seed1_checkpoint, refer
         pytest.fail("the engine did not exit after SIGTERM")
 
 
-def test_exit_when_idle_stops_an_engine_nobody_uses(runtime, seed1_checkpoint, reference, tmp_path):
+def test_exit_when_idle_stops_an_engine_nobody_uses(runtime, seed1_checkpoint, reference, tmp_path, monkeypatch):
     address = f"ipc://{tmp_path}/idle.sock"
     pid = start_engine(address, seed1_checkpoint, runtime, "--exit-when-idle", "3")
     client = EngineClient(address, timeout=2.0, retries=0)
@@ -411,6 +576,10 @@ def test_exit_when_idle_stops_an_engine_nobody_uses(runtime, seed1_checkpoint, r
     client.close()
     idle = time.monotonic() - last_work
     assert 3.0 <= idle < 15.0 and statuses >= 3, f"exited after {idle:.1f} s idle, {statuses} statuses answered"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    from sparsemat.engine.daemon import state_files
+
+    assert not os.path.exists(state_files(address)[0]), "an engine that exits on its own leaves no pid file behind"
 
 
 def test_plugin_never_imports_torch():

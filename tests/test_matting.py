@@ -19,6 +19,18 @@ def test_prior_input_size_rule(size, expected):
     assert prior_input_size(*size) == expected
 
 
+@pytest.mark.parametrize("size", [(3, 700), (700, 3), (100, 801)])
+def test_frame_too_elongated_for_the_prior_network_is_refused(size):
+    with pytest.raises(FrameError, match="too elongated for the prior network.*over 4096 px"):
+        prior_input_size(*size)
+
+
+def test_frames_up_to_8_to_1_reach_the_prior_network(seed1_model):
+    assert prior_input_size(100, 800) == (512, 4096)
+    with pytest.raises(FrameError, match="the frame is 200x20"):  # 10:1
+        Matter(seed1_model).matte(torch.full((20, 200, 3), 0.5))
+
+
 def test_frame_without_uncertain_pixels_is_the_prior(seed1_model, frames):
     certain = torch.ones(32, 48)
     alpha, _, stats = Matter(seed1_model).matte(frames[0], prior=certain)
@@ -38,6 +50,14 @@ def test_budget_below_the_quarter_scale_band_still_gives_a_full_size_matte(seed1
     assert stats.mode == "rescale" and 0 < stats.active_pixels <= 1000
     assert alpha.shape == frames[0].shape[:2] and torch.isfinite(alpha).all()
     assert 0 <= float(alpha.min()) and float(alpha.max()) <= 1
+
+
+def test_a_frame_over_budget_with_a_previous_state_is_computed_afresh_and_says_so(seed1_model, frames):
+    matter = Matter(seed1_model, max_pixels=1000)
+    _, state, _ = matter.matte(frames[0])
+    alpha, _, stats = matter.matte(frames[1], state)
+    assert stats.mode in ("cascade", "rescale") and not stats.reused
+    assert torch.equal(alpha, matter.matte(frames[1])[0])  # the state changed nothing
 
 
 def test_tiny_budget_is_refused(seed1_model):

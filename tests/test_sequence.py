@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from sparsemat.engine.sequence import Pattern, SequenceError, find_frames, parse_frame_range, parse_pattern
+from sparsemat.engine.sequence import (Pattern, SequenceError, check_same_kind, find_frames, parse_frame_range,
+                                       parse_pattern, select_frames)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +120,24 @@ def test_find_frames_in_a_missing_folder(tmp_path: Path) -> None:
 def test_find_frames_of_a_single_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SequenceError, match="single file"):
         find_frames(parse_pattern(str(tmp_path / "still.png")))
+
+
+def test_select_frames_of_a_sequence_and_of_a_single_file(tmp_path: Path) -> None:
+    make_files(tmp_path, ["f.0003.png", "f.0001.png"])
+    sequence = parse_pattern(str(tmp_path / "f.####.png"))
+    assert select_frames(sequence, None) == [1, 3]
+    assert select_frames(sequence, "2-4") == [2, 3, 4]  # what is asked for, on disk or not
+    single = parse_pattern(str(tmp_path / "f.0001.png"))
+    assert select_frames(single, None) == [None]
+    with pytest.raises(SequenceError, match="--frames needs a sequence pattern, not the single file"):
+        select_frames(single, "1")
+
+
+def test_check_same_kind_names_both_arguments() -> None:
+    check_same_kind(parse_pattern("a.%04d.png"), "INPUT", parse_pattern("b.####.exr"), "OUTPUT")
+    check_same_kind(parse_pattern("a.png"), "INPUT", parse_pattern("b.exr"), "OUTPUT")
+    with pytest.raises(SequenceError, match="^INPUT and --prior must both be sequence patterns"):
+        check_same_kind(parse_pattern("a.png"), "INPUT", parse_pattern("p.####.exr"), "--prior")
 
 
 @pytest.mark.parametrize(
