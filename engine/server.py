@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import traceback
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -33,7 +33,8 @@ from .streams import StreamStore
 log = logging.getLogger("sparsemat.engine")
 ENGINE_VERSION = importlib.metadata.version("sparsemat")
 _STOP = object()
-_IDLE_TICK_S = 30.0  # how often an idle worker evicts idle streams and lets go of clients' closed blocks
+_TIDY = object()  # a job for an idle worker: evict idle streams, let go of clients' closed blocks
+_TIDY_EVERY_S = 30.0
 
 
 def _require(header: dict, field: str, kind, default=None, required: bool = True):
@@ -63,13 +64,15 @@ class Engine:
         self.load_error = ""
         self.model_name = model_name
         self.streams = StreamStore(config.memory_budget_bytes, config.stream_idle_s)
-        self._held = (0, 0)  # (streams, bytes) as the worker last saw them: status must not read the store
         self.started = time.monotonic()
         self.frames_served = 0
         self.busy = False
         self.draining = False
-        self._pending: Counter = Counter()  # ids queued for the worker and not yet answered (main thread only)
+        # Requests queued for the worker and not yet answered, as id -> count (a retry may repeat an
+        # id while the first is queued); main thread only.
+        self._pending: dict = {}
         self._last_work = time.monotonic()  # when a matte or reset was last queued or answered (main thread only)
+        self._last_tidy = time.monotonic()  # main thread only
         self._jobs: queue.Queue = queue.Queue()
         self._context = zmq.Context()
         self._outbox: queue.Queue = queue.Queue()
@@ -101,9 +104,9 @@ class Engine:
                 while not self._outbox.empty():
                     identity, request_id, frames = self._outbox.get()
                     router.send_multipart([identity, *frames], copy=False)
-                    self._pending[request_id] -= 1
-                    if not self._pending[request_id]:
-                        del self._pending[request_id]
+                    still_queued = self._pending.pop(request_id) - 1
+                    if still_queued:
+                        self._pending[request_id] = still_queued
                     self._last_work = time.monotonic()
                 if router in events:
                     frames = router.recv_multipart(copy=False)
@@ -111,6 +114,7 @@ class Engine:
                     if reply is not None:
                         router.send_multipart([frames[0].bytes, *reply], copy=False)
                 self._stop_when_idle()
+                self._tidy_when_idle()
                 if self.draining and not self._pending:
                     break
         finally:
@@ -133,6 +137,17 @@ class Engine:
         if limit > 0 and not self.draining and not self._pending and time.monotonic() - self._last_work > limit:
             log.info("no work for %.0f s: stopping (exit when idle)", limit)
             self.stop()
+
+    def _tidy_when_idle(self) -> None:
+        """What idles out goes even when no frame comes to trigger it (a frame evicts as it is
+        recorded). Asked of the worker, which owns the streams and blocks, as a job, and only after a
+        second without work, so it never runs between a client's requests; a worker waiting on its
+        queue with a timeout instead made every request 0.1 ms slower here."""
+        now = time.monotonic()
+        if (not self._pending and now - self._last_work > 1.0
+                and now - self._last_tidy > min(_TIDY_EVERY_S, self.config.stream_idle_s)):
+            self._jobs.put(_TIDY)
+            self._last_tidy = now
 
     def _receive(self, identity: bytes, frames: list) -> list | None:
         """Reply frames for what can be answered now; None when the request went to the worker."""
@@ -165,7 +180,7 @@ class Engine:
             else:
                 request = self._parse_matte(header, frames)
             self._jobs.put((identity, request_id, op, request))
-            self._pending[request_id] += 1
+            self._pending[request_id] = self._pending.get(request_id, 0) + 1
             self._last_work = time.monotonic()
             return None
         except ProtocolError as exc:
@@ -186,11 +201,10 @@ class Engine:
                            "transports": list(protocol.TRANSPORTS)}}
 
     def _status(self, header: dict) -> dict:
-        streams, memory_bytes = self._held
         status = {"address": self.config.address, "pid": os.getpid(), "uptime_s": time.monotonic() - self.started,
                   "state": self.state, "error": self.load_error,
-                  "device": self._device(), "model": self.model_name, "streams": streams,
-                  "memory_bytes": memory_bytes, "memory_budget_bytes": self.config.memory_budget_bytes,
+                  "device": self._device(), "model": self.model_name, "streams": len(self.streams),
+                  "memory_bytes": self.streams.memory_bytes, "memory_budget_bytes": self.config.memory_budget_bytes,
                   "frames_served": self.frames_served, "queue": self._jobs.qsize(), "busy": self.busy}
         if "request" in header:  # a client's heartbeat asks whether its request is still here
             status["request"] = "pending" if header["request"] in self._pending else "unknown"
@@ -267,15 +281,12 @@ class Engine:
         wake = self._context.socket(zmq.PAIR)
         wake.connect("inproc://sparsemat-wake")
         self._load()
-        tick = min(_IDLE_TICK_S, self.config.stream_idle_s)
         try:
             while True:
-                try:
-                    job = self._jobs.get(timeout=tick)
-                except queue.Empty:  # no work: what idles out goes now, not at the next frame
+                job = self._jobs.get()
+                if job is _TIDY:
                     self.streams.evict()
                     self._blocks.let_go_of_closed()
-                    self._held = (len(self.streams), self.streams.memory_bytes)
                     continue
                 if job is _STOP:
                     return
@@ -290,7 +301,6 @@ class Engine:
                     frames = _error(request_id, "internal", f"{type(exc).__name__}: {exc}".splitlines()[0])
                 finally:
                     self.busy = False
-                self._held = (len(self.streams), self.streams.memory_bytes)
                 self._outbox.put((identity, request_id, frames))
                 wake.send(b"")
         finally:

@@ -36,20 +36,18 @@ def is_keyframe(frame: int, keyframe_interval: int) -> bool:
 
 
 class StreamStore:
-    """Streams by id, most recently used last. Not thread-safe: the engine's worker owns it."""
+    """Streams by id, most recently used last. Only the engine's worker changes it; ``len`` and
+    ``memory_bytes`` (a running total, not a walk over the streams) may be read from any thread."""
 
     def __init__(self, budget_bytes: int, idle_timeout_s: float, clock=time.monotonic):
         self.budget_bytes = budget_bytes
         self.idle_timeout_s = idle_timeout_s
         self._clock = clock
         self._streams: OrderedDict[str, Stream] = OrderedDict()
+        self.memory_bytes = 0  # the state all streams hold
 
     def __len__(self) -> int:
         return len(self._streams)
-
-    @property
-    def memory_bytes(self) -> int:
-        return sum(stream.nbytes for stream in self._streams.values())
 
     def find(self, stream_id: str) -> Stream | None:
         """The stream, if it is held; a request that fails creates none."""
@@ -65,28 +63,38 @@ class StreamStore:
         """Keep ``state`` as the stream's latest, as its most recently used; the caller sets the
         reply to this frame once built."""
         stream = self._streams.pop(stream_id, None) or Stream()
+        self.memory_bytes -= stream.nbytes
         stream.frame, stream.state, stream.last_reply, stream.last_used = frame, state, None, self._clock()
+        self.memory_bytes += stream.nbytes
         self._streams[stream_id] = stream
         self.evict(keep=stream_id)
         return stream
 
     def reset(self, stream_id: str) -> bool:
-        return self._streams.pop(stream_id, None) is not None
+        return self._drop(stream_id) is not None
+
+    def _drop(self, stream_id: str) -> Stream | None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self.memory_bytes -= stream.nbytes
+        return stream
 
     def evict(self, keep: str | None = None) -> None:
         """Drop idle streams, then least recently used ones while over the memory budget."""
         now = self._clock()
         for stream_id in [s for s, stream in self._streams.items() if now - stream.last_used > self.idle_timeout_s]:
             if stream_id != keep:
-                del self._streams[stream_id]
+                self._drop(stream_id)
                 log.info("evicted stream %r: idle for over %.0f s", stream_id, self.idle_timeout_s)
         for stream_id in list(self._streams):
             if self.memory_bytes <= self.budget_bytes:
                 return
             if stream_id != keep:
-                del self._streams[stream_id]
+                self._drop(stream_id)
                 log.info("evicted stream %r: memory budget of %d bytes reached", stream_id, self.budget_bytes)
         if keep in self._streams and self.memory_bytes > self.budget_bytes:
             # One stream alone is over budget: keep its position, drop its state (next frame computes in full).
-            self._streams[keep].state = None
+            stream = self._streams[keep]
+            self.memory_bytes -= stream.nbytes
+            stream.state = None
             log.warning("stream %r alone exceeds the memory budget; its temporal state is dropped", keep)

@@ -51,10 +51,11 @@ def _check_size(message: list) -> None:
     if len(message[0]) > protocol.MAX_HEADER_BYTES:
         raise ValueError(f"the request header is {len(message[0])} bytes, over the protocol's "
                          f"{protocol.MAX_HEADER_BYTES}-byte limit (a very long stream name or path?)")
-    total = sum(memoryview(part).nbytes for part in message)
-    if total > protocol.MAX_MESSAGE_BYTES:
-        raise ValueError(f"the request is {total} bytes, over the protocol's {protocol.MAX_MESSAGE_BYTES}-byte "
-                         f"message limit: send the pixels through shared memory or a file")
+    if len(message) > 1:  # pixels inline: only they can make a message too large
+        total = len(message[0]) + sum(memoryview(part).nbytes for part in message[1:])
+        if total > protocol.MAX_MESSAGE_BYTES:
+            raise ValueError(f"the request is {total} bytes, over the protocol's {protocol.MAX_MESSAGE_BYTES}-byte "
+                             f"message limit: send the pixels through shared memory or a file")
 
 
 class EngineError(RuntimeError):

@@ -1,0 +1,41 @@
+"""The engine's stream store: temporal rules, eviction, and the memory total status reports."""
+from __future__ import annotations
+
+import torch
+
+from sparsemat.engine.matting import MatteState
+from sparsemat.engine.streams import StreamStore
+
+
+def state(height: int, width: int) -> MatteState:
+    return MatteState(torch.zeros(1, 3, height, width), torch.zeros(1, 1, height, width))
+
+
+def held(store: StreamStore) -> int:
+    return sum(store.find(name).nbytes for name in list(store._streams))  # noqa: SLF001
+
+
+def test_the_memory_total_follows_records_evictions_and_resets():
+    now = [0.0]
+    store = StreamStore(budget_bytes=3 * 16 * 100, idle_timeout_s=60, clock=lambda: now[0])  # three 10 x 10 states
+    for name in "abcd":
+        store.record(name, 1, state(10, 10))
+        assert store.memory_bytes == held(store)
+    assert len(store) == 3 and store.find("a") is None  # over budget: the least recently used went
+    assert store.reset("c") and not store.reset("c")
+    assert store.memory_bytes == held(store) == 2 * 16 * 100
+    store.record("b", 2, state(20, 20))  # alone over budget: the others go, it stays without its state
+    assert len(store) == 1 and store.find("b").state is None and store.memory_bytes == held(store) == 0
+    store.record("e", 1, state(10, 10))
+    now[0] = 61.0
+    store.record("f", 1, state(10, 10))  # b and e have idled out
+    assert len(store) == 1 and store.memory_bytes == held(store) == 16 * 100
+
+
+def test_reuse_only_for_the_next_frame_when_temporal_and_not_a_keyframe():
+    store = StreamStore(budget_bytes=1 << 30, idle_timeout_s=60)
+    stream = store.record("s", 7, state(4, 4))
+    assert store.previous_state(stream, 8, temporal=True, keyframe_interval=0) is stream.state
+    assert store.previous_state(stream, 9, temporal=True, keyframe_interval=0) is None
+    assert store.previous_state(stream, 8, temporal=False, keyframe_interval=0) is None
+    assert store.previous_state(stream, 8, temporal=True, keyframe_interval=4) is None
