@@ -9,6 +9,8 @@ from typing import Callable
 
 # "5", "1001-1100" or "1-10x2"; a range list joins these with commas or spaces.
 _PART = re.compile(r"([0-9]+)(?:-([0-9]+)(?:x([0-9]+))?)?")
+# Over a day of 24 fps footage: more is a typo (1001-1100000000), whose list alone took gigabytes.
+MAX_FRAMES = 2_000_000
 
 
 def parse_frame_range(text: str) -> list[int]:
@@ -27,7 +29,10 @@ def parse_frame_range(text: str) -> list[int]:
             raise ValueError(f"frame range '{text}' ends at {end}, before its start {start}")
         if step == 0:
             raise ValueError(f"frame range '{text}' has a step of 0")
-        frames.update(range(start, end + 1, step))
+        part_frames = range(start, end + 1, step)
+        if len(frames) + len(part_frames) > MAX_FRAMES:
+            raise ValueError(f"frame range '{text}' has over {MAX_FRAMES:,} frames; a typo?")
+        frames.update(part_frames)
     return sorted(frames)
 
 

@@ -1,7 +1,9 @@
-"""Keyframe pre-roll: the one rule behind `sparsemat matte --keyframe-interval` and the Nuke node."""
+"""Frame ranges and keyframe pre-roll: the rules behind `sparsemat matte` and the Nuke node."""
 from __future__ import annotations
 
-from sparsemat.plugin.frames import with_preroll
+import pytest
+
+from sparsemat.plugin.frames import parse_frame_range, with_preroll
 
 
 def everything(frame: int) -> bool:
@@ -32,3 +34,10 @@ def test_a_frame_before_the_last_one_matted_is_pre_rolled_from_its_keyframe_agai
 def test_pre_roll_stops_where_the_inputs_stop():
     assert with_preroll([23], 10, lambda frame: frame >= 22) == [(22, False), (23, True)]
     assert with_preroll([20], 10, everything) == [(20, True)]  # a keyframe needs nothing before it
+
+
+def test_a_frame_range_of_millions_is_refused_before_it_is_built():
+    """A typo such as 1001-1100000000 took gigabytes for its frame list before anything was checked."""
+    with pytest.raises(ValueError, match="over 2,000,000 frames"):
+        parse_frame_range("1001-1100000000")
+    assert len(parse_frame_range("1-2000000")) == 2_000_000
