@@ -2,10 +2,12 @@
 
 A 7-frame clip is matted in chunks of 2 and of 5, each chunk a task sent through the
 session's engine daemon, and both must give exactly the files of one in-process run of
-the whole range with the same keyframe interval; no engine may outlive its session.
+the whole range with the same keyframe interval; no engine may outlive its session. The
+same holds without a checkpoint (the weight-free guided refiner, a prior per frame).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, write_rgb
-from sparsemat.engine.imageio import read_alpha
+from sparsemat.engine.imageio import read_alpha, write_alpha
 
 TEMPLATE = REPO / "host_integrations" / "farm" / "sparsemat_matte.yaml"
 FRAMES = range(1, 8)
@@ -44,6 +46,21 @@ def clip(reference, tmp_path_factory):
     for frame in FRAMES:
         write_rgb(folder / f"p.{frame:04d}.png", np.ascontiguousarray(reference["frames"][(frame - 1) % 3, 80:176, 140:236]))
     return folder / "p.%04d.png"
+
+
+@pytest.fixture(scope="module")
+def prior_clip(tmp_path_factory):
+    """Frames 1-7 of the sample clip at 96 x 64 and its coarse priors (12 x 8): (plate, prior) patterns.
+    At this size a cold start changes the guided refiner's alpha too."""
+    spec = importlib.util.spec_from_file_location("make_sample_clip", REPO / "examples" / "make_sample_clip.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    folder = tmp_path_factory.mktemp("prior_plate")
+    plates, _, priors = generator.make_clip(len(FRAMES), (96, 64))
+    for frame, plate, prior in zip(FRAMES, plates, priors):
+        write_rgb(folder / f"p.{frame:04d}.png", np.round(plate * 255.0).astype(np.uint8))
+        write_alpha(str(folder / f"prior.{frame:04d}.exr"), prior)
+    return folder / "p.%04d.png", folder / "prior.%04d.exr"
 
 
 @pytest.fixture()
@@ -81,24 +98,18 @@ def test_template_passes_openjd_check():
     assert "passes validation checks" in result.stdout
 
 
-def test_chunked_farm_runs_equal_one_whole_run(clip, seed1_checkpoint, runtime, tmp_path):
-    env = _env(runtime)
-    runs = {
-        # The reference: the whole range in one process, no engine.
-        "whole": _sparsemat("matte", clip, tmp_path / "whole" / "a.%04d.exr", "--checkpoint", seed1_checkpoint,
-                            "--device", "cpu", "--keyframe-interval", KEYFRAMES, "--quiet"),
-        # Frame 5 alone without keyframes: what a chunk starting at 5 would give without its pre-roll.
-        "cold": _sparsemat("matte", clip, tmp_path / "cold" / "a.%04d.exr", "--checkpoint", seed1_checkpoint,
-                           "--device", "cpu", "--frames", "5", "--quiet"),
-    }
-    for size in CHUNKS:
-        runs[f"chunk{size}"] = [
-            sys.executable, "-m", "openjd", "run", str(TEMPLATE), "--step", "Matte",
-            "-p", f"InputPattern={clip}", "-p", f"OutputPattern={tmp_path / f'chunk{size}' / 'a.%04d.exr'}",
-            "-p", f"Frames={FRAMES[0]}-{FRAMES[-1]}", "-p", f"ChunkSize={size}", "-p", f"KeyframeInterval={KEYFRAMES}",
-            "-p", f"Checkpoint={seed1_checkpoint}", "-p", "Device=cpu"]
-    # All four at once: they are independent, and the farm runs are mostly waiting on their engine.
-    processes = {name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+def _farm_run(clip, output, size, *params) -> list[str]:
+    return [sys.executable, "-m", "openjd", "run", str(TEMPLATE), "--step", "Matte",
+            "-p", f"InputPattern={clip}", "-p", f"OutputPattern={output}", "-p", f"Frames={FRAMES[0]}-{FRAMES[-1]}",
+            "-p", f"ChunkSize={size}", "-p", f"KeyframeInterval={KEYFRAMES}", "-p", "Device=cpu",
+            *(arg for param in params for arg in ("-p", param))]
+
+
+def _run_all(runs: dict, env: dict, envs: dict | None = None) -> dict:
+    """Runs the commands at once (they are independent, and the farm runs are mostly waiting on
+    their engine); their output by name, after asserting that each succeeded."""
+    processes = {name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env=(envs or {}).get(name, env))
                  for name, command in runs.items()}
     logs = {}
     try:
@@ -110,7 +121,12 @@ def test_chunked_farm_runs_equal_one_whole_run(clip, seed1_checkpoint, runtime, 
                 process.kill()
     for name, process in processes.items():
         assert process.returncode == 0, f"{name} failed:\n{logs[name][-4000:]}"
+    return logs
 
+
+def _check_chunked_runs(logs: dict, tmp_path, runtime) -> None:
+    """Each chunked farm run: one session, one engine, the expected chunks and pre-rolls, and
+    files equal to the whole run's; no engine or runtime file left behind."""
     whole = {frame: read_alpha(str(tmp_path / "whole" / f"a.{frame:04d}.exr")) for frame in FRAMES}
     for size, chunks in CHUNKS.items():
         log = logs[f"chunk{size}"]
@@ -128,7 +144,7 @@ def test_chunked_farm_runs_equal_one_whole_run(clip, seed1_checkpoint, runtime, 
         assert sorted(os.listdir(out)) == sorted(f"a.{frame:04d}.exr" for frame in FRAMES)
         for frame in FRAMES:
             alpha = read_alpha(str(out / f"a.{frame:04d}.exr"))
-            assert alpha.shape == (96, 96) and np.array_equal(alpha, whole[frame]), f"chunk size {size}, frame {frame}"
+            assert alpha.shape == whole[frame].shape and np.array_equal(alpha, whole[frame]), f"chunk size {size}, frame {frame}"
 
         # The engine died with its session: no `engine serve` process on the session's socket, no pid file.
         # The default address is a socket in the session's working directory.
@@ -141,3 +157,51 @@ def test_chunked_farm_runs_equal_one_whole_run(clip, seed1_checkpoint, runtime, 
 
     # Without the pre-roll, frame 5 would differ: the equality above is not a coincidence of the clip.
     assert not np.array_equal(read_alpha(str(tmp_path / "cold" / "a.0005.exr")), whole[5])
+
+
+def test_chunked_farm_runs_equal_one_whole_run(clip, seed1_checkpoint, runtime, tmp_path):
+    runs = {
+        # The reference: the whole range in one process, no engine.
+        "whole": _sparsemat("matte", clip, tmp_path / "whole" / "a.%04d.exr", "--checkpoint", seed1_checkpoint,
+                            "--device", "cpu", "--keyframe-interval", KEYFRAMES, "--quiet"),
+        # Frame 5 alone without keyframes: what a chunk starting at 5 would give without its pre-roll.
+        "cold": _sparsemat("matte", clip, tmp_path / "cold" / "a.%04d.exr", "--checkpoint", seed1_checkpoint,
+                           "--device", "cpu", "--frames", "5", "--quiet"),
+    }
+    for size in CHUNKS:
+        # PriorPattern keeps its empty default: the tasks must pass no --prior (a folder would fail them).
+        runs[f"chunk{size}"] = _farm_run(clip, tmp_path / f"chunk{size}" / "a.%04d.exr", size,
+                                         f"Checkpoint={seed1_checkpoint}")
+    _check_chunked_runs(_run_all(runs, _env(runtime)), tmp_path, runtime)
+
+
+def test_weight_free_chunked_farm_runs_equal_one_whole_run(prior_clip, runtime, tmp_path):
+    """No Checkpoint, a PriorPattern: the engine runs the guided refiner, each task sends the priors."""
+    clip, prior = prior_clip
+    local = {**_env(runtime), "SPARSEMAT_CHECKPOINT": ""}
+    runs = {
+        "whole": _sparsemat("matte", clip, tmp_path / "whole" / "a.%04d.exr", "--prior", prior,
+                            "--device", "cpu", "--keyframe-interval", KEYFRAMES, "--quiet"),
+        "cold": _sparsemat("matte", clip, tmp_path / "cold" / "a.%04d.exr", "--prior", prior,
+                           "--device", "cpu", "--frames", "5", "--quiet"),
+    }
+    for size in CHUNKS:
+        runs[f"chunk{size}"] = _farm_run(clip, tmp_path / f"chunk{size}" / "a.%04d.exr", size, f"PriorPattern={prior}")
+    # A worker's SPARSEMAT_CHECKPOINT must not reach the engine: the job's empty Checkpoint chooses
+    # the guided refiner (this one does not exist, so an engine that read it would fail to start).
+    farm = {**_env(runtime), "SPARSEMAT_CHECKPOINT": str(tmp_path / "absent.pth")}
+    logs = _run_all(runs, farm, envs={"whole": local, "cold": local})
+    for size in CHUNKS:
+        # onExit's `engine status`: the empty Checkpoint reached the script as "", so no --checkpoint.
+        assert re.search(r"model\s+guided refiner \(no checkpoint\)", logs[f"chunk{size}"]), logs[f"chunk{size}"][-3000:]
+    _check_chunked_runs(logs, tmp_path, runtime)
+
+
+def test_no_checkpoint_and_no_prior_fails_before_any_engine_starts(prior_clip, runtime, tmp_path):
+    clip, _ = prior_clip
+    result = subprocess.run(_farm_run(clip, tmp_path / "out" / "a.%04d.exr", 5), capture_output=True, text=True,
+                            env=_env(runtime), timeout=120)
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log[-3000:]
+    assert "nothing to matte with: set Checkpoint (the SparseMat network) or PriorPattern" in log, log[-3000:]
+    assert "Chunks run: 0" in log and "engine started at " not in log and not (tmp_path / "out").exists()
