@@ -93,6 +93,9 @@ def _evaluate(plan):
                 raise EvaluationError(f"sizes differ: trimap {trimap_path} is {_size(trimap)}, "
                                       f"GT {gt_path} is {_size(gt)}")
             mask = metrics.unknown_region(trimap)
+            if not mask.any():  # every metric would be 0 with nothing evaluated: say so
+                print(f"sparsemat: warning: trimap {trimap_path} has no unknown pixels (values strictly between "
+                      f"0 and 1): nothing is evaluated in it", file=sys.stderr)
         row = {"frame": frame, "pred": pred_path, "gt": gt_path, "trimap": trimap_path,
                "pixels": int(gt.size if mask is None else mask.sum()),
                "sad": metrics.sad(pred, gt, mask), "mse": metrics.mse(pred, gt, mask),

@@ -339,6 +339,15 @@ def test_eval_sequence_json_with_trimap(clip, capsys):
     assert report["mean"]["sad"] == pytest.approx(np.mean([row["sad"] for row in report["frames"]]))
 
 
+def test_eval_warns_when_a_trimap_has_no_unknown_pixels(clip, capsys):
+    folder, _, _ = clip
+    write_alpha(str(folder / "binary.exr"), np.ones((16, 24), dtype=np.float32))
+    assert run_eval(folder / "pred.0001.exr", folder / "gt.0001.exr", "--trimap", folder / "binary.exr", "--json") == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["frames"][0]["pixels"] == 0
+    assert "binary.exr has no unknown pixels" in captured.err
+
+
 def test_eval_single_image_and_frames_option(clip, capsys):
     folder, frames, _ = clip
     assert run_eval(folder / "pred.0002.exr", folder / "gt.0002.exr", "--json") == 0
