@@ -183,12 +183,22 @@ def _plates(args):
 
 def _refuse_overwriting(writes, reads) -> None:
     """UsageError when a file to write is a file to read, however either is spelled (%04d or ####,
-    relative or absolute, through links): a run would replace the plates it mattes."""
-    inputs = {os.path.realpath(path): path for path in reads}
+    relative or absolute, through symbolic or hard links): a run would replace the plates it mattes."""
+    inputs = {key: path for path in reads for key in _file_keys(path)}
     for path in writes:
-        clash = inputs.get(os.path.realpath(path))
-        if clash is not None:
-            raise UsageError(f"OUTPUT would overwrite the input file {clash}: write the output elsewhere")
+        for key in _file_keys(path):
+            if key in inputs:
+                raise UsageError(f"OUTPUT would overwrite the input file {inputs[key]}: write the output elsewhere")
+
+
+def _file_keys(path: str) -> list:
+    """The resolved path, and the (device, inode) of an existing file: one file under two names (a
+    hard link, another case on a case-insensitive file system) has one identity."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return [os.path.realpath(path)]
+    return [os.path.realpath(path), (info.st_dev, info.st_ino)]
 
 
 def _plan_job(args):

@@ -166,6 +166,19 @@ def test_output_naming_input_files_is_refused_before_anything_is_done(clip, seed
     assert files(clip) == before
 
 
+def test_output_naming_a_plate_under_another_name_is_refused(clip, seed1_checkpoint, tmp_path):
+    """One file under two names: on a case-insensitive file system (macOS, Windows shares) OUTPUT
+    "Plate.####.exr" is the plates themselves. A hard link stands in for it here (ext4 is case-sensitive)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(clip / "plate.1002.exr", out / "alpha.1002.exr")
+    before = (clip / "plate.1002.exr").read_bytes()
+    result = run_cli("matte", clip / "plate.####.exr", out / "alpha.####.exr", "--checkpoint", seed1_checkpoint,
+                     "--device", "cpu", "--quiet")
+    assert result.returncode == 2 and "OUTPUT would overwrite the input file" in result.stderr, result.stderr
+    assert (clip / "plate.1002.exr").read_bytes() == before
+
+
 @pytest.mark.parametrize("command", ["matte", "preview"])
 @pytest.mark.parametrize(("colourspace", "ocio", "message"), [("bogus", None, "unknown colourspace 'bogus'"),
                                                               ("ACEScg", "missing.ocio", "cannot load OCIO config")])
