@@ -105,6 +105,16 @@ def _farm_run(clip, output, size, *params) -> list[str]:
             *(arg for param in params for arg in ("-p", param))]
 
 
+def _in_process_runs(clip, tmp_path, *model) -> dict:
+    """The references, with the model options ``model``: "whole", the range in one process with
+    no engine; "cold", frame 5 alone without keyframes (what a chunk starting at 5 would give
+    without its pre-roll)."""
+    return {"whole": _sparsemat("matte", clip, tmp_path / "whole" / "a.%04d.exr", *model, "--device", "cpu",
+                                "--keyframe-interval", KEYFRAMES, "--quiet"),
+            "cold": _sparsemat("matte", clip, tmp_path / "cold" / "a.%04d.exr", *model, "--device", "cpu",
+                               "--frames", "5", "--quiet")}
+
+
 def _run_all(runs: dict, env: dict, envs: dict | None = None) -> dict:
     """Runs the commands at once (they are independent, and the farm runs are mostly waiting on
     their engine); their output by name, after asserting that each succeeded."""
@@ -160,14 +170,7 @@ def _check_chunked_runs(logs: dict, tmp_path, runtime) -> None:
 
 
 def test_chunked_farm_runs_equal_one_whole_run(clip, seed1_checkpoint, runtime, tmp_path):
-    runs = {
-        # The reference: the whole range in one process, no engine.
-        "whole": _sparsemat("matte", clip, tmp_path / "whole" / "a.%04d.exr", "--checkpoint", seed1_checkpoint,
-                            "--device", "cpu", "--keyframe-interval", KEYFRAMES, "--quiet"),
-        # Frame 5 alone without keyframes: what a chunk starting at 5 would give without its pre-roll.
-        "cold": _sparsemat("matte", clip, tmp_path / "cold" / "a.%04d.exr", "--checkpoint", seed1_checkpoint,
-                           "--device", "cpu", "--frames", "5", "--quiet"),
-    }
+    runs = _in_process_runs(clip, tmp_path, "--checkpoint", seed1_checkpoint)
     for size in CHUNKS:
         # PriorPattern keeps its empty default: the tasks must pass no --prior (a folder would fail them).
         runs[f"chunk{size}"] = _farm_run(clip, tmp_path / f"chunk{size}" / "a.%04d.exr", size,
@@ -179,12 +182,7 @@ def test_weight_free_chunked_farm_runs_equal_one_whole_run(prior_clip, runtime, 
     """No Checkpoint, a PriorPattern: the engine runs the guided refiner, each task sends the priors."""
     clip, prior = prior_clip
     local = {**_env(runtime), "SPARSEMAT_CHECKPOINT": ""}
-    runs = {
-        "whole": _sparsemat("matte", clip, tmp_path / "whole" / "a.%04d.exr", "--prior", prior,
-                            "--device", "cpu", "--keyframe-interval", KEYFRAMES, "--quiet"),
-        "cold": _sparsemat("matte", clip, tmp_path / "cold" / "a.%04d.exr", "--prior", prior,
-                           "--device", "cpu", "--frames", "5", "--quiet"),
-    }
+    runs = _in_process_runs(clip, tmp_path, "--prior", prior)
     for size in CHUNKS:
         runs[f"chunk{size}"] = _farm_run(clip, tmp_path / f"chunk{size}" / "a.%04d.exr", size, f"PriorPattern={prior}")
     # A worker's SPARSEMAT_CHECKPOINT must not reach the engine: the job's empty Checkpoint chooses
