@@ -178,8 +178,8 @@ class Matter:
         stats.ms[name] = stats.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
 
     @torch.no_grad()
-    def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None, prior: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, MatteState, FrameStats]:
+    def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None, prior: torch.Tensor | None = None,
+              out: torch.Tensor | None = None) -> tuple[torch.Tensor, MatteState, FrameStats]:
         """``frame_rgb``: (H, W, 3) float RGB, display-encoded; values outside [0, 1] are clipped, NaN or
         infinity raise FrameError. It is only read, never kept. Returns alpha (H, W) float32.
 
@@ -187,6 +187,10 @@ class Matter:
         network's alpha (band and refiner input), the network still supplies the context.
         Clipped to [0, 1]; NaN or infinity raise FrameError.
         Required without a model.
+
+        ``out``: an optional (H, W) float32 tensor on the device to write the alpha into (it may
+        hold ``state``'s alpha); the returned alpha and the state's are then ``out`` itself, so
+        the state is only valid while ``out`` keeps those values.
         """
         if self.model is None and prior is None:
             raise ValueError("the guided refiner (no checkpoint) needs a prior alpha for every frame")
@@ -219,9 +223,12 @@ class Matter:
                 else:
                     refined = self._refine(image, prior, masks.refine, context)
             with self._stage(stats, "compose"):
-                alpha = compose(refined, masks, prior, None if state is None else state.alpha)
+                alpha = compose(refined, masks, prior, None if state is None else state.alpha,
+                                out=None if out is None else out[None, None])
         else:  # the cascade computes the frame afresh: nothing of the previous frame is reused
             alpha = self._over_budget(image, prior_lr, context, n_active, stats)
+            if out is not None:
+                alpha = out[None, None].copy_(alpha)
         return alpha[0, 0], MatteState(image, alpha), stats
 
     def _prior(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

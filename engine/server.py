@@ -76,7 +76,7 @@ class Engine:
         self._jobs: queue.Queue = queue.Queue()
         self._context = zmq.Context()
         self._outbox: queue.Queue = queue.Queue()
-        self._blocks = SharedMemoryBlocks()
+        self._blocks = SharedMemoryBlocks(before_unmap=self.streams.move_out_of)
 
     # ---- main thread -------------------------------------------------------------------------
     def serve(self) -> None:
@@ -228,6 +228,7 @@ class Engine:
             raise ProtocolError("bad_request", "'keyframe_interval' must be 0 or more")
         request["image"] = self._pixel_source(_require(header, "image", dict), frames, "image", (1, 3, 4))
         request["alpha_shm_offset"] = _require(header, "alpha_shm_offset", int, required=False)
+        request["slots_read_only"] = _require(header, "slots_read_only", bool, default=False)
         if request["alpha_shm_offset"] is not None and (
                 request["image"]["transport"] != "shm" or request["alpha_shm_offset"] < request["image"]["nbytes"]):
             raise ProtocolError("bad_request", "'alpha_shm_offset' needs the image in shared memory, "
@@ -319,7 +320,7 @@ class Engine:
             _, frames, alpha_in_shm = stream.last_reply  # a client retry: the same answer, not a second compute
             if alpha_in_shm is not None:
                 block, offset, dtype, alpha = alpha_in_shm
-                self._alpha_slot(block, offset, dtype, alpha.shape).copy_(alpha)
+                self._alpha_slot(block, offset, dtype, alpha.shape, request["stream"]).copy_(alpha)
             return frames
         return self._matte(request_id, request, stream)
 
@@ -338,14 +339,19 @@ class Engine:
         # The alpha's slot is mapped now, not after the compute, when this thread's caches are
         # cold; and a block too small for the alpha is refused before the frame is computed.
         alpha_slot = None if request["alpha_shm_offset"] is None else self._alpha_slot(
-            request["image"]["shm"], request["alpha_shm_offset"], alpha_dtype, frame_rgb.shape[:2])
+            request["image"]["shm"], request["alpha_shm_offset"], alpha_dtype, frame_rgb.shape[:2], request["stream"])
+        # A client that never writes its slots lets the stream keep its alpha in one: the alpha is
+        # composed there, and the engine makes no copy of its own (a full frame's pass saved).
+        # A GPU's alpha, or one sent as float16, is written into the slot after the compute instead.
+        alpha_out = alpha_slot if (request["slots_read_only"] and alpha_dtype == np.float32
+                                   and self.matter.device.type == "cpu") else None
         read_ms = (time.perf_counter() - start) * 1000.0
         previous = None if stream is None else self.streams.previous_state(
             stream, request["frame"], request["temporal"], request["keyframe_interval"])
         matter = self.matter.with_budget(request["max_pixels"])
         try:
             alpha, state, stats = matter.matte(torch.from_numpy(frame_rgb), previous,
-                                               prior=None if prior is None else torch.from_numpy(prior))
+                                               prior=None if prior is None else torch.from_numpy(prior), out=alpha_out)
         except FrameError as exc:
             raise ProtocolError("bad_pixels", str(exc)) from exc
         # Kept even when this frame did not reuse: the next one may. Inside the frame's total:
@@ -362,8 +368,8 @@ class Engine:
                             "ms": {"read": read_ms, **stats.ms, "total": (time.perf_counter() - start) * 1000.0}}}
         alpha_in_shm = None  # (block, offset, dtype, alpha): written again for a retry
         if alpha_slot is not None:
-            # From the model's own alpha, whatever its device: a GPU's goes straight into the slot.
-            alpha_slot.copy_(alpha)
+            if alpha_out is None:  # from the model's own alpha, whatever its device: a GPU's goes straight in
+                alpha_slot.copy_(alpha)
             alpha_in_shm = (request["image"]["shm"], request["alpha_shm_offset"], alpha_dtype, alpha)
             header["alpha_in_shm"] = True
             reply = [protocol.pack(header)]
@@ -372,13 +378,16 @@ class Engine:
         stream.last_reply = (request_id, reply, alpha_in_shm)
         return reply
 
-    def _alpha_slot(self, block: str, offset: int, dtype, shape):
-        """A writable (H, W) tensor over the client's shared-memory ``block`` from ``offset``."""
+    def _alpha_slot(self, block: str, offset: int, dtype, shape, stream: str):
+        """A writable (H, W) tensor over the client's shared-memory ``block`` from ``offset``, for
+        ``stream``'s alpha: any other stream's alpha kept there is moved out first."""
         import torch
 
         count = shape[0] * shape[1]
-        return self._blocks.read(block, offset + count * np.dtype(dtype).itemsize, lambda buffer: torch.from_numpy(
+        slot = self._blocks.read(block, offset + count * np.dtype(dtype).itemsize, lambda buffer: torch.from_numpy(
             np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)))
+        self.streams.move_out_of(slot.data_ptr(), slot.data_ptr() + slot.nbytes, keep=stream)
+        return slot
 
 
 def _raw_pixels(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
@@ -412,10 +421,13 @@ class SharedMemoryBlocks:
     mappings are kept. A block is known by its name and inode, so a name reused for a new block
     is attached afresh, and so is a block whose size changed. A view from ``read`` is valid
     until its block is closed: by ``close``, as the least recently read of over ``keep``, or
-    when it is read again at another size."""
+    when it is read again at another size. ``before_unmap(start, end)`` is called with a
+    block's memory range before it is unmapped, for what must outlive the mapping (``readable``:
+    false when the block has shrunk, so that reading all of it would be a SIGBUS)."""
 
-    def __init__(self, keep: int = 16):
+    def __init__(self, keep: int = 16, before_unmap=lambda start, end, readable: None):
         self.keep = keep
+        self._before_unmap = before_unmap
         self._blocks: OrderedDict = OrderedDict()  # (name, inode) -> SharedMemory
 
     def read(self, name: str, nbytes: int, read):
@@ -425,10 +437,10 @@ class SharedMemoryBlocks:
         try:
             info = os.stat(_block_path(name))
             key = (name, info.st_ino)
-            block = self._blocks.pop(key, None)
+            block = self._blocks.get(key)
             if block is not None and block.size != info.st_size:
                 # Resized since it was mapped: reading past a shrunk block's end is a SIGBUS.
-                block.close()
+                self._unmap(key, readable=info.st_size >= block.size)
                 block = None
             fresh = block is None
             if fresh:
@@ -441,8 +453,9 @@ class SharedMemoryBlocks:
             # unlink the client's block when the engine exits; the client owns it.
             resource_tracker.unregister(block._name, "shared_memory")  # noqa: SLF001
         self._blocks[key] = block
+        self._blocks.move_to_end(key)
         while len(self._blocks) > self.keep:
-            self._blocks.popitem(last=False)[1].close()
+            self._unmap(next(iter(self._blocks)))
         if block.size < nbytes:
             raise ProtocolError("size_mismatch", f"shared memory block {name!r} holds {block.size} bytes, "
                                                  f"the request needs {nbytes}")
@@ -459,14 +472,20 @@ class SharedMemoryBlocks:
                 current = None
             if current != inode:
                 try:
-                    self._blocks[key].close()
+                    self._unmap(key)
                 except BufferError:  # a view of it is still in use: next time
-                    continue
-                del self._blocks[key]
+                    pass
+
+    def _unmap(self, key, readable: bool = True) -> None:
+        block = self._blocks[key]
+        start = np.frombuffer(block.buf, dtype=np.uint8).ctypes.data
+        self._before_unmap(start, start + block.size, readable=readable)
+        block.close()
+        del self._blocks[key]
 
     def close(self) -> None:
         while self._blocks:
-            self._blocks.popitem()[1].close()
+            self._unmap(next(iter(self._blocks)))
 
 
 def _block_path(name: str) -> str:

@@ -82,9 +82,10 @@ def sparsity_masks(prior: torch.Tensor, frame: torch.Tensor, previous: torch.Ten
 
 
 def compose(refined: torch.Tensor, masks: Masks, prior: torch.Tensor,
-            previous_alpha: torch.Tensor | None) -> torch.Tensor:
-    """Refined alpha inside the mask; outside it the previous alpha where shared, else the prior."""
+            previous_alpha: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Refined alpha inside the mask; outside it the previous alpha where shared, else the prior.
+    ``out`` (the result's shape) may be ``previous_alpha`` itself: that is read in full first."""
     outside = prior
     if previous_alpha is not None and masks.shared is not None:
         outside = torch.where(masks.shared, previous_alpha, prior)
-    return torch.where(masks.refine > 0, refined, outside)
+    return torch.where(masks.refine > 0, refined, outside, out=out)

@@ -3,13 +3,16 @@
 A stream is the host's name for one sequence (script, node, view). Its entry holds
 the previous frame's :class:`MatteState` on the device and the last reply, so that
 a client retry of the same request gets the same answer without a second compute.
+A state's alpha may lie in a client's shared-memory slot (see ``move_out_of``).
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import torch
 
 from .matting import MatteState
 
@@ -29,6 +32,11 @@ class Stream:
         if self.state is None:
             return 0
         return sum(t.numel() * t.element_size() for t in (self.state.frame, self.state.alpha))
+
+
+def _overlaps(tensor: torch.Tensor, start: int, end: int) -> bool:
+    first = tensor.data_ptr()
+    return first < end and start < first + tensor.numel() * tensor.element_size()
 
 
 def is_keyframe(frame: int, keyframe_interval: int) -> bool:
@@ -69,6 +77,25 @@ class StreamStore:
         self._streams[stream_id] = stream
         self.evict(keep=stream_id)
         return stream
+
+    def move_out_of(self, start: int, end: int, keep: str | None = None, readable: bool = True) -> None:
+        """Streams (all but ``keep``) whose alpha lies in memory [start, end) get a copy of their
+        own: that memory, a client's alpha slot, is about to be written or unmapped. When it can no
+        longer be read (a block its client shrank), they lose their state instead: their next
+        frame is computed in full. A retry's cached answer there is dropped: its client has moved
+        on from it."""
+        for stream_id, stream in self._streams.items():
+            if stream_id == keep:
+                continue
+            if stream.state is not None and _overlaps(stream.state.alpha, start, end):
+                if readable:
+                    stream.state = replace(stream.state, alpha=stream.state.alpha.clone())
+                else:
+                    self.memory_bytes -= stream.nbytes
+                    stream.state = None
+            if stream.last_reply is not None and stream.last_reply[2] is not None and _overlaps(
+                    stream.last_reply[2][3], start, end):
+                stream.last_reply = None
 
     def reset(self, stream_id: str) -> bool:
         return self._drop(stream_id) is not None

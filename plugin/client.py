@@ -147,6 +147,7 @@ class EngineClient:
                 slot = self._blocks["image"].free_slot() if header["image"]["transport"] == "shm" else None
                 if slot is not None:  # else every slot's alpha is still held: this one comes inline
                     header["alpha_shm_offset"] = self._blocks["image"].slot_offset(slot)
+                    header["slots_read_only"] = True  # alphas are lent as read-only views
             if prior_path is not None:
                 header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
             elif prior is not None:

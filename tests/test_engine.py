@@ -305,6 +305,59 @@ def test_a_stream_keeps_its_own_copy_of_an_alpha_written_into_shared_memory(engi
     assert replies[1]["stats"]["reused"] and replies[1]["stats"]["temporal_pixels"] == 0
 
 
+def test_a_slot_a_client_never_writes_holds_the_stream_alpha_itself(engine, reference):
+    """With ``slots_read_only`` (the Python client's promise: it lends alphas as read-only views), the
+    engine composes the alpha into the slot and keeps it there instead of a copy of its own: the
+    next frame reuses what the slot holds. Shown by breaking the promise."""
+    frame = frames_of(reference, 1)[0]
+    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
+    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes) as block:
+        slot = np.frombuffer(block.buf, dtype=np.float32, count=alpha_bytes // 4, offset=frame.nbytes)
+        alphas = []
+        for number in (1, 2):
+            request = header(op="matte", id=f"kept-{number}", stream="kept-shm", frame=number, slots_read_only=True,
+                             alpha_shm_offset=frame.nbytes, image=shm_image(frame, block))
+            assert raw_request(engine[0], request, timeout_ms=60000)["stats"]["reused"] == (number == 2)
+            alphas.append(slot.copy())
+            slot[:] = -1.0
+        del slot
+    assert alphas[0].min() >= 0.0 and np.all(alphas[1] == -1.0)  # nothing changed: all of it reused
+
+
+def test_streams_whose_alphas_take_turns_in_one_slot_keep_their_own(engine, reference):
+    """Alphas dropped at once: every request of this client uses the same slot, so each stream's
+    alpha kept there is moved out before the other stream's is written over it."""
+    frames = frames_of(reference, 2)
+    with EngineClient(engine[0]) as inline:
+        expected = [[inline.matte(f"turns-expected-{index}", n, frame)[0].copy() for n in (1, 2, 3)]
+                    for index, frame in enumerate(frames)]
+    assert not np.array_equal(expected[0][0], expected[1][0]), "the test needs distinct alphas"
+    with EngineClient(engine[0]) as client:
+        for n in (1, 2, 3):
+            for index, frame in enumerate(frames):
+                alpha, stats = client.matte(f"turns-{index}", n, frame, transport="shm")
+                assert np.array_equal(alpha, expected[index][n - 1]), f"stream {index}, frame {n}"
+                assert stats["reused"] == (n > 1)
+                del alpha
+
+
+def test_a_closed_block_holding_a_stream_alpha_is_unmapped_and_the_stream_goes_on(engine, reference):
+    """A client that closes its block (or exits) leaves its streams' alphas there: the engine copies them
+    out before it unmaps the block (here, as it maps another client's new block)."""
+    frame = frames_of(reference, 1)[0]
+    with EngineClient(engine[0]) as inline:
+        expected = [inline.matte("closed-expected", n, frame)[0].copy() for n in (1, 2)]
+    with EngineClient(engine[0]) as first:
+        first.matte("closed", 1, frame, transport="shm")
+        name = first._blocks["image"].name  # noqa: SLF001
+    with EngineClient(engine[0]) as second:
+        alpha, stats = second.matte("closed", 2, frame, transport="shm")
+        assert stats["reused"] and np.array_equal(alpha, expected[1])
+        del alpha
+    with open(f"/proc/{engine[1]}/maps") as maps:
+        assert name not in maps.read()
+
+
 def test_temporal_reuse_only_for_the_next_frame_and_off_on_keyframes(engine, reference):
     frames = frames_of(reference, 3)
     client = EngineClient(engine[0])
@@ -663,6 +716,24 @@ def test_a_shared_memory_block_shrunk_after_use_is_refused_not_a_crash(engine, r
         os.truncate(os.path.join("/dev/shm", block.name.lstrip("/")), frame.nbytes // 2)
         second = raw_request(engine[0], header(op="matte", id=72, stream="shrunk", frame=2, image=image), timeout_ms=60000)
         assert second["ok"] is False and second["error"]["code"] == "size_mismatch", second
+        assert EngineClient(engine[0]).status()["pid"] == engine[1]
+
+
+def test_a_block_shrunk_under_a_stream_alpha_it_holds_costs_the_stream_its_state_not_the_engine(engine, reference):
+    """A client that breaks its ``slots_read_only`` promise by shrinking its block: the alpha kept in the
+    cut-off slot cannot be copied out (a SIGBUS), so the stream starts over."""
+    frame = frames_of(reference, 1)[0]
+    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
+    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes) as block:
+        def request(number, **fields):
+            return header(op="matte", id=f"cut-{number}", stream="cut", frame=number, image=shm_image(frame, block),
+                          **fields)
+        first = raw_request(engine[0], request(1, slots_read_only=True, alpha_shm_offset=frame.nbytes),
+                            timeout_ms=60000)
+        assert first["ok"], first
+        os.truncate(os.path.join("/dev/shm", block.name.lstrip("/")), frame.nbytes)
+        second = raw_request(engine[0], request(2), timeout_ms=60000)
+        assert second["ok"] and not second["stats"]["reused"], second
         assert EngineClient(engine[0]).status()["pid"] == engine[1]
 
 

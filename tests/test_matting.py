@@ -45,6 +45,25 @@ def test_static_frame_reuses_previous_alpha_without_refining(seed1_model, frames
     assert torch.equal(again, first)
 
 
+@pytest.mark.parametrize("max_pixels", [None, 1000])  # composed, and the over-budget cascade
+def test_an_out_tensor_receives_the_alpha_and_holds_the_state(seed1_model, frames, max_pixels):
+    """The engine composes a stream's alpha straight into a client's slot: the state then lives
+    there, and the next frame may write its alpha over the state it reads."""
+    matter = Matter(seed1_model).with_budget(max_pixels)
+    expected = []
+    state = None
+    for frame in (frames[0], frames[0], frames[1]):
+        alpha, state, _ = matter.matte(frame, state)
+        expected.append(alpha)
+    out = torch.full(frames[0].shape[:2], -1.0)
+    state = None
+    for index, frame in enumerate((frames[0], frames[0], frames[1])):
+        alpha, state, stats = matter.matte(frame, state, out=out)
+        assert alpha.data_ptr() == out.data_ptr() == state.alpha.data_ptr()
+        assert torch.equal(out, expected[index]), f"frame {index}"
+    assert max_pixels is not None or stats.reused  # the last frame read the state it overwrote
+
+
 def test_budget_below_the_quarter_scale_band_still_gives_a_full_size_matte(seed1_model, frames):
     alpha, _, stats = Matter(seed1_model, max_pixels=1000).matte(frames[0])
     assert stats.mode == "rescale" and 0 < stats.active_pixels <= 1000
