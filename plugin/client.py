@@ -136,6 +136,8 @@ class EngineClient:
             header["max_pixels"] = int(max_pixels)
         if image is None and path is None:
             raise ValueError("matte needs an image array or a path")
+        if alpha_dtype not in protocol.ALPHA_DTYPES:
+            raise ValueError(f"alpha_dtype must be one of {', '.join(protocol.ALPHA_DTYPES)}, got {alpha_dtype!r}")
         # The lock covers the shared-memory block too: threads must not overwrite each other's frames.
         with self._lock:
             payload: list = []
@@ -152,10 +154,15 @@ class EngineClient:
                 header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
             elif prior is not None:
                 header["prior"] = self._pixel_block(_prior_array(prior), transport, payload, "prior")
-            reply, frames = self._request_locked(header, payload, self.retries)
+            lent = []  # the alpha's view of its slot, made while the engine computes: it then costs no time
+
+            def lend():
+                lent.append(self._blocks["image"].alpha(slot, protocol.DTYPES[alpha_dtype], image.shape[:2]))
+
+            reply, frames = self._request_locked(header, payload, self.retries, None if slot is None else lend)
             dtype, shape = protocol.DTYPES[reply["dtype"]], reply["shape"]
             if reply.get("alpha_in_shm"):
-                alpha = self._blocks["image"].alpha(slot, dtype, tuple(shape))
+                alpha = lent[0]
             else:
                 alpha = np.frombuffer(frames[0], dtype=dtype).reshape(shape)
         return alpha, reply["stats"]
@@ -222,7 +229,8 @@ class EngineClient:
         with self._lock:
             return self._request_locked(header, payload or [], self.retries if retries is None else retries)
 
-    def _request_locked(self, header: dict, payload: list, retries: int):
+    def _request_locked(self, header: dict, payload: list, retries: int, while_waiting=None):
+        """``while_waiting()`` runs once the request is first sent, while the engine works on it."""
         request_id = f"{self._prefix}-{next(self._ids)}"
         message = [protocol.pack({**header, "id": request_id}), *payload]
         _check_size(message)
@@ -230,6 +238,8 @@ class EngineClient:
         for attempt in range(retries + 1):
             socket = self._connect()
             socket.send_multipart(message, copy=False)
+            if attempt == 0 and while_waiting is not None:
+                while_waiting()
             answer = self._wait(socket, request_id)
             if isinstance(answer, tuple):
                 reply, frames = answer

@@ -7,18 +7,21 @@ is never copied; a slot is used again only once nothing refers to that view any 
 any array, view, memoryview or tensor made from it). A caller that holds more alphas than
 there are slots gets the next one inline.
 
-How liveness is known: each view is made from its own ctypes array over the block's second
-mapping. numpy and torch keep that ctypes array alive (numpy keeps no buffer export, so the
-export count would not tell), and a weak reference to it says when the last view is gone.
-The ctypes array also holds an export on the mapping, so the mapping outlives the block:
-an alpha stays valid after the block is closed and unlinked.
+The views come from a second mapping of the block, made read-only: an engine may keep the
+stream's alpha in its slot as the stream's temporal state (the client promises it with
+``slots_read_only``), so a caller that flipped a view's ``writeable`` flag and wrote into it
+would silently change the stream's next frame; numpy refuses to make these views writeable.
 
-Linux only for the views and the reservation (the block is a file in /dev/shm); elsewhere the
-alpha is copied out of its slot.
+How liveness is known: each view is made by its own ``np.frombuffer`` call, whose array keeps
+a memoryview of its own of the mapping as its base; every array, view or tensor made from
+the alpha keeps that memoryview alive, and a weak reference to it says when the last is gone.
+The memoryview also holds an export on the mapping, so the mapping outlives the block: an
+alpha stays valid after the block is closed and unlinked.
+
+Linux only (the block is a file in /dev/shm, as the engine finds it): the client uses blocks only there.
 """
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import weakref
@@ -53,16 +56,12 @@ class SharedBlock:
     def _reserve_and_map(self, size: int) -> mmap.mmap | None:
         """Back every page now: tmpfs hands pages out on first write, and a write past a full
         /dev/shm (a container's is often 64 MiB) kills the process with SIGBUS; reserving turns
-        that into an OSError here. Returns the mapping alphas are lent from (None off Linux, and
-        for a block without alpha slots)."""
-        path = os.path.join("/dev/shm", self._memory.name.lstrip("/"))
-        if not os.path.exists(path):
-            return None
-        descriptor = os.open(path, os.O_RDWR)
+        that into an OSError here. Returns the mapping alphas are lent from (None for a block
+        without alpha slots)."""
+        descriptor = os.open(os.path.join("/dev/shm", self._memory.name.lstrip("/")), os.O_RDWR)
         try:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(descriptor, 0, size)
-            return mmap.mmap(descriptor, size) if self.slot_bytes else None
+            os.posix_fallocate(descriptor, 0, size)
+            return mmap.mmap(descriptor, size, prot=mmap.PROT_READ) if self.slot_bytes else None
         finally:
             os.close(descriptor)
 
@@ -87,18 +86,11 @@ class SharedBlock:
         return self.frame_bytes + slot * self.slot_bytes
 
     def alpha(self, slot: int, dtype, shape: tuple[int, int]) -> np.ndarray:
-        """The alpha the engine wrote into ``slot``: a read-only view of it, lent until dropped."""
-        count = shape[0] * shape[1]
-        if self._lending_map is None:
-            alpha = np.frombuffer(self._memory.buf, dtype=dtype, count=count, offset=self.slot_offset(slot)).copy()
-        else:
-            exporter = (ctypes.c_char * (count * np.dtype(dtype).itemsize)).from_buffer(
-                self._lending_map, self.slot_offset(slot))
-            self._lent[slot] = weakref.ref(exporter)
-            alpha = np.frombuffer(exporter, dtype=dtype)
-        alpha = alpha.reshape(shape)
-        alpha.flags.writeable = False
-        return alpha
+        """A read-only view of ``slot`` as the alpha the engine writes there, lent until dropped:
+        it may be made before the engine has written the slot (it reads nothing)."""
+        alpha = np.frombuffer(self._lending_map, dtype=dtype, count=shape[0] * shape[1], offset=self.slot_offset(slot))
+        self._lent[slot] = weakref.ref(alpha.base)
+        return alpha.reshape(shape)
 
     def close(self) -> None:
         """Unlink the block; alphas lent from it stay valid (their mapping lives as long as they do)."""

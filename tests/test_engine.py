@@ -180,6 +180,8 @@ def test_the_client_refuses_a_header_over_the_limit_before_sending(engine):
     client = EngineClient(engine[0], timeout=2.0, retries=0)
     with pytest.raises(ValueError, match="over the protocol's 65536-byte limit"):
         client.matte("s" * 70000, 1, np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="alpha_dtype must be one of float16, float32, got 'float64'"):
+        client.matte("s", 1, np.zeros((8, 8, 3), np.float32), transport="shm", alpha_dtype="float64")
     client.close()
 
 
@@ -762,6 +764,8 @@ def test_shared_memory_alphas_are_views_that_are_never_overwritten_while_held(en
     first, second = shared(0), shared(1)  # both slots lent
     third = shared(2)  # no free slot: this one comes inline
     assert not first.flags.writeable and not second.flags.writeable
+    with pytest.raises(ValueError, match="WRITEABLE"):  # the engine may keep the stream's state there
+        first.flags.writeable = True
     rows = first[5:20]  # a view of the first alpha keeps its slot
     del first
     fourth = shared(3)  # reuses no held slot
