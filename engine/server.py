@@ -421,9 +421,9 @@ class SharedMemoryBlocks:
     mappings are kept. A block is known by its name and inode, so a name reused for a new block
     is attached afresh, and so is a block whose size changed. A view from ``read`` is valid
     until its block is closed: by ``close``, as the least recently read of over ``keep``, or
-    when it is read again at another size. ``before_unmap(start, end)`` is called with a
-    block's memory range before it is unmapped, for what must outlive the mapping (``readable``:
-    false when the block has shrunk, so that reading all of it would be a SIGBUS)."""
+    when it is read again at another size. ``before_unmap(start, end, readable)`` is called with
+    a block's memory range before it is unmapped, for what must outlive the mapping
+    (``readable`` is false when the block has shrunk: reading all of it would be a SIGBUS)."""
 
     def __init__(self, keep: int = 16, before_unmap=lambda start, end, readable: None):
         self.keep = keep

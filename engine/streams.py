@@ -91,11 +91,14 @@ class StreamStore:
                 if readable:
                     stream.state = replace(stream.state, alpha=stream.state.alpha.clone())
                 else:
-                    self.memory_bytes -= stream.nbytes
-                    stream.state = None
+                    self._forget_state(stream)
             if stream.last_reply is not None and stream.last_reply[2] is not None and _overlaps(
                     stream.last_reply[2][3], start, end):
                 stream.last_reply = None
+
+    def _forget_state(self, stream: Stream) -> None:
+        self.memory_bytes -= stream.nbytes
+        stream.state = None
 
     def reset(self, stream_id: str) -> bool:
         return self._drop(stream_id) is not None
@@ -121,7 +124,5 @@ class StreamStore:
                 log.info("evicted stream %r: memory budget of %d bytes reached", stream_id, self.budget_bytes)
         if keep in self._streams and self.memory_bytes > self.budget_bytes:
             # One stream alone is over budget: keep its position, drop its state (next frame computes in full).
-            stream = self._streams[keep]
-            self.memory_bytes -= stream.nbytes
-            stream.state = None
+            self._forget_state(self._streams[keep])
             log.warning("stream %r alone exceeds the memory budget; its temporal state is dropped", keep)

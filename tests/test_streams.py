@@ -39,3 +39,20 @@ def test_reuse_only_for_the_next_frame_when_temporal_and_not_a_keyframe():
     assert store.previous_state(stream, 9, temporal=True, keyframe_interval=0) is None
     assert store.previous_state(stream, 8, temporal=False, keyframe_interval=0) is None
     assert store.previous_state(stream, 8, temporal=True, keyframe_interval=4) is None
+
+
+def test_alphas_in_memory_about_to_be_reused_are_copied_out_or_forgotten():
+    store = StreamStore(budget_bytes=1 << 30, idle_timeout_s=60)
+    slot = torch.rand(2, 4, 4)  # two clients' slots, as the engine maps them
+    for name, index in (("a", 0), ("b", 1)):
+        store.record(name, 1, MatteState(torch.zeros(1, 3, 4, 4), slot[index][None, None]))
+    span = slot[0].data_ptr(), slot[0].data_ptr() + slot[0].nbytes
+    store.move_out_of(*span, keep="a")  # a's own next alpha goes there: it reads its state first
+    assert store.find("a").state.alpha.data_ptr() == slot[0].data_ptr()
+    kept = slot[0].clone()
+    store.move_out_of(*span)
+    slot[0] = -1.0
+    assert torch.equal(store.find("a").state.alpha[0, 0], kept)
+    assert store.find("b").state.alpha.data_ptr() == slot[1].data_ptr()  # not in that memory: untouched
+    store.move_out_of(slot[1].data_ptr(), slot[1].data_ptr() + slot[1].nbytes, readable=False)
+    assert store.find("b").state is None and store.memory_bytes == held(store)
