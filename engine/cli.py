@@ -163,7 +163,7 @@ def _plates(args):
     """INPUT and --prior as patterns, after the checks matte and preview share: --prior is a
     sequence exactly when INPUT is, and --input-colorspace names a colourspace that can be
     decoded (checked here, not once per frame after the model has loaded)."""
-    from .imageio import _display_encoder
+    from .imageio import check_colourspace
     from .sequence import SequenceError, check_same_kind, parse_pattern
 
     try:
@@ -175,7 +175,7 @@ def _plates(args):
         raise UsageError(str(exc)) from exc
     if args.colourspace is not None:
         try:
-            _display_encoder(args.colourspace)
+            check_colourspace(args.colourspace)
         except ValueError as exc:
             raise UsageError(f"--input-colorspace: {exc}") from exc
     return source, prior

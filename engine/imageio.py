@@ -211,6 +211,11 @@ def check_finite(name: str, pixels: np.ndarray) -> None:
         raise ImageReadError(f"'{name}' contains {bad}")
 
 
+def check_colourspace(colourspace: str) -> None:
+    """ValueError, naming what is known, when frames of ``colourspace`` cannot be decoded."""
+    _display_encoder(colourspace)
+
+
 def _display_encoder(colourspace: str) -> Callable[[np.ndarray], np.ndarray]:
     """Function turning C-contiguous float32 (H, W, 3) pixels of ``colourspace`` into sRGB in [0, 1]."""
     key = colourspace.lower()
