@@ -76,7 +76,7 @@ class Engine:
         self._jobs: queue.Queue = queue.Queue()
         self._context = zmq.Context()
         self._outbox: queue.Queue = queue.Queue()
-        self._blocks = SharedMemoryBlocks(before_unmap=self.streams.move_out_of)
+        self._blocks = SharedMemoryBlocks(release=self.streams.release)
 
     # ---- main thread -------------------------------------------------------------------------
     def serve(self) -> None:
@@ -286,8 +286,11 @@ class Engine:
             while True:
                 job = self._jobs.get()
                 if job is _TIDY:
-                    self.streams.evict()
-                    self._blocks.let_go_of_closed()
+                    try:
+                        self.streams.evict()
+                        self._blocks.let_go_of_closed()
+                    except Exception:  # housekeeping must never stop the worker
+                        log.error("housekeeping failed:\n%s", traceback.format_exc())
                     continue
                 if job is _STOP:
                     return
@@ -330,6 +333,9 @@ class Engine:
         if self.matter.model is None and request["prior"] is None:
             raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior'")
         start = time.perf_counter()
+        # A block shrunk since it was mapped may hold a stream's alpha past its new end: reading
+        # that would be a SIGBUS, so the stream loses its state before anything reads it.
+        self._blocks.let_go_of_shrunk()
         alpha_dtype = protocol.DTYPES[request["alpha_dtype"]]
         # The prior's and the image's pixels may be views of blocks, which must stay mapped until
         # Matter has read them: a block is closed only as the least recently read of over
@@ -386,7 +392,7 @@ class Engine:
         count = shape[0] * shape[1]
         slot = self._blocks.read(block, offset + count * np.dtype(dtype).itemsize, lambda buffer: torch.from_numpy(
             np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)))
-        self.streams.move_out_of(slot.data_ptr(), slot.data_ptr() + slot.nbytes, keep=stream)
+        self.streams.before_slot_write(slot.data_ptr(), slot.data_ptr() + slot.nbytes, stream)
         return slot
 
 
@@ -410,7 +416,7 @@ def _raw_pixels(source: dict, blocks: SharedMemoryBlocks) -> np.ndarray:
 
     if source["transport"] == "inline":
         return convert(source["buffer"])
-    return blocks.read(source["shm"], source["nbytes"], convert)
+    return blocks.read(source["shm"], source["nbytes"], convert, holds_pixels=True)
 
 
 class SharedMemoryBlocks:
@@ -421,28 +427,28 @@ class SharedMemoryBlocks:
     mappings are kept. A block is known by its name and inode, so a name reused for a new block
     is attached afresh, and so is a block whose size changed. A view from ``read`` is valid
     until its block is closed: by ``close``, as the least recently read of over ``keep``, or
-    when it is read again at another size. ``before_unmap(start, end, readable)`` is called with
-    a block's memory range before it is unmapped, for what must outlive the mapping
-    (``readable`` is false when the block has shrunk: reading all of it would be a SIGBUS)."""
+    when it is read again at another size. ``release(start, end, copy)`` is told of memory
+    that stops holding what the engine may have kept there (a stream's alpha in a slot): before
+    a block is unmapped (``copy``: unless it shrank, when reading all of it would be a SIGBUS,
+    or the engine is stopping), and for the bytes a request's pixels are read from (a client
+    that laid its block out anew may have written them over an old slot)."""
 
-    def __init__(self, keep: int = 16, before_unmap=lambda start, end, readable: None):
+    def __init__(self, keep: int = 16, release=lambda start, end, copy: None):
         self.keep = keep
-        self._before_unmap = before_unmap
-        self._blocks: OrderedDict = OrderedDict()  # (name, inode) -> SharedMemory
+        self._release = release
+        self._blocks: OrderedDict = OrderedDict()  # (name, inode) -> (SharedMemory, its address here)
 
-    def read(self, name: str, nbytes: int, read):
-        """``read(buffer)`` on the block ``name``, which must hold at least ``nbytes``."""
+    def read(self, name: str, nbytes: int, read, holds_pixels: bool = False):
+        """``read(buffer)`` on the block ``name``, which must hold at least ``nbytes`` (the first of
+        which are a request's pixels when ``holds_pixels``)."""
         if not protocol.SHARED_MEMORY:
             raise ProtocolError("bad_request", "the shared-memory transport needs an engine on Linux; send pixels inline")
         try:
             info = os.stat(_block_path(name))
-            key = (name, info.st_ino)
-            block = self._blocks.get(key)
-            if block is not None and block.size != info.st_size:
-                # Resized since it was mapped: reading past a shrunk block's end is a SIGBUS.
-                self._unmap(key, readable=info.st_size >= block.size)
-                block = None
-            fresh = block is None
+            key = (name.lstrip("/"), info.st_ino)  # "/x" and "x" name one block
+            if key in self._blocks and self._blocks[key][0].size != info.st_size:
+                self._unmap(key)  # resized since it was mapped: reading past a shrunk block's end is a SIGBUS
+            fresh = key not in self._blocks
             if fresh:
                 self.let_go_of_closed()
                 block = shared_memory.SharedMemory(name=name, create=False)
@@ -452,13 +458,16 @@ class SharedMemoryBlocks:
             # Attaching registers the block with this process's resource tracker, which would
             # unlink the client's block when the engine exits; the client owns it.
             resource_tracker.unregister(block._name, "shared_memory")  # noqa: SLF001
-        self._blocks[key] = block
+            self._blocks[key] = (block, np.frombuffer(block.buf, dtype=np.uint8, count=1).ctypes.data)
         self._blocks.move_to_end(key)
         while len(self._blocks) > self.keep:
             self._unmap(next(iter(self._blocks)))
+        block, start = self._blocks[key]
         if block.size < nbytes:
             raise ProtocolError("size_mismatch", f"shared memory block {name!r} holds {block.size} bytes, "
                                                  f"the request needs {nbytes}")
+        if holds_pixels:
+            self._release(start, start + nbytes, copy=False)
         return read(block.buf)
 
     def let_go_of_closed(self) -> None:
@@ -476,16 +485,25 @@ class SharedMemoryBlocks:
                 except BufferError:  # a view of it is still in use: next time
                     pass
 
-    def _unmap(self, key, readable: bool = True) -> None:
-        block = self._blocks[key]
-        start = np.frombuffer(block.buf, dtype=np.uint8).ctypes.data
-        self._before_unmap(start, start + block.size, readable=readable)
+    def let_go_of_shrunk(self) -> None:
+        """Unmap the blocks whose clients have shrunk them since they were mapped."""
+        for key in [key for key, (block, _) in self._blocks.items() if _shrunk(block)]:
+            self._unmap(key)
+
+    def _unmap(self, key, copy: bool = True) -> None:
+        block, start = self._blocks[key]
+        self._release(start, start + block.size, copy=copy and not _shrunk(block))
         block.close()
         del self._blocks[key]
 
     def close(self) -> None:
+        """The engine is stopping: nothing kept in the blocks is copied out."""
         while self._blocks:
-            self._unmap(next(iter(self._blocks)))
+            self._unmap(next(iter(self._blocks)), copy=False)
+
+
+def _shrunk(block: shared_memory.SharedMemory) -> bool:
+    return os.fstat(block._fd).st_size < block.size  # noqa: SLF001
 
 
 def _block_path(name: str) -> str:

@@ -3,7 +3,8 @@
 A stream is the host's name for one sequence (script, node, view). Its entry holds
 the previous frame's :class:`MatteState` on the device and the last reply, so that
 a client retry of the same request gets the same answer without a second compute.
-A state's alpha may lie in a client's shared-memory slot (see ``move_out_of``).
+A state's alpha may lie in a client's shared-memory slot (see ``before_slot_write`` and
+``release``).
 """
 from __future__ import annotations
 
@@ -78,23 +79,43 @@ class StreamStore:
         self.evict(keep=stream_id)
         return stream
 
-    def move_out_of(self, start: int, end: int, keep: str | None = None, readable: bool = True) -> None:
-        """Streams (all but ``keep``) whose alpha lies in memory [start, end) get a copy of their
-        own: that memory, a client's alpha slot, is about to be written or unmapped. When it can no
-        longer be read (a block its client shrank), they lose their state instead: their next
-        frame is computed in full. A retry's cached answer there is dropped: its client has moved
-        on from it."""
-        for stream_id, stream in self._streams.items():
-            if stream_id == keep:
-                continue
-            if stream.state is not None and _overlaps(stream.state.alpha, start, end):
-                if readable:
-                    stream.state = replace(stream.state, alpha=stream.state.alpha.clone())
-                else:
-                    self._forget_state(stream)
-            if stream.last_reply is not None and stream.last_reply[2] is not None and _overlaps(
-                    stream.last_reply[2][3], start, end):
-                stream.last_reply = None
+    def before_slot_write(self, start: int, end: int, stream_id: str) -> None:
+        """``stream_id``'s alpha is about to be written into memory [start, end), a client's slot:
+        other streams whose alpha lies there get a copy of their own, and their cached replies
+        there are dropped (their client has moved on from them). The stream's own state is
+        read before it is overwritten (``compose``)."""
+        for other_id, stream in self._streams.items():
+            if other_id != stream_id:
+                self._release(stream, start, end, copy=True, keep_reply=False)
+
+    def release(self, start: int, end: int, copy: bool) -> None:
+        """Memory [start, end) of a client's block is about to be unmapped (``copy``: alphas that lie
+        there are copied out, cached replies follow them), or no longer holds them (the block
+        shrank, a request's pixels lie there now, or the engine is stopping): those states and
+        replies are forgotten, and the stream's next frame is computed in full."""
+        for stream in self._streams.values():
+            self._release(stream, start, end, copy, keep_reply=copy)
+
+    def _release(self, stream: Stream, start: int, end: int, copy: bool, keep_reply: bool) -> None:
+        kept = None if stream.state is None else stream.state.alpha
+        if kept is not None and _overlaps(kept, start, end):
+            if copy:
+                stream.state = replace(stream.state, alpha=kept.clone())
+            else:
+                self._forget_state(stream)
+        if stream.last_reply is None or stream.last_reply[2] is None:
+            return
+        request_id, frames, (block, offset, dtype, alpha) = stream.last_reply
+        if not _overlaps(alpha, start, end):
+            return
+        if not keep_reply:
+            stream.last_reply = None
+            return
+        if stream.state is not None and kept is not None and alpha.data_ptr() == kept.data_ptr():
+            alpha = stream.state.alpha[0, 0]  # the reply's alpha is the state's: follow its copy
+        else:
+            alpha = alpha.clone()
+        stream.last_reply = (request_id, frames, (block, offset, dtype, alpha))
 
     def _forget_state(self, stream: Stream) -> None:
         self.memory_bytes -= stream.nbytes

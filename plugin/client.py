@@ -126,8 +126,11 @@ class EngineClient:
         The optional coarse alpha: ``prior`` ((H, W) or (H, W, 1) at any resolution, of the image's
         dtypes, integers scaled to [0, 1] as the image's are; float64 is sent as float32), sent by
         ``transport`` as the image is, in a block of its own through ``shm``; or ``prior_path`` (a file).
-        Through ``shm`` the alpha is a view of this client's block, not a copy; it stays valid for as
-        long as anything refers to it (see shared_block.py)."""
+        Through ``shm`` the alpha is a read-only view of this client's block, not a copy; it stays valid
+        for as long as anything refers to it (see shared_block.py). Never write into it, not even
+        through ``torch.from_numpy`` (which warns that it cannot protect it): the engine may keep
+        it as the stream's state, and the page is mapped read-only (a write is a crash). Write
+        into ``alpha.copy()``."""
         header = {"op": "matte", "stream": stream, "frame": int(frame), "temporal": temporal,
                   "keyframe_interval": keyframe_interval, "alpha_dtype": alpha_dtype}
         if colourspace is not None:

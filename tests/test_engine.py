@@ -721,22 +721,94 @@ def test_a_shared_memory_block_shrunk_after_use_is_refused_not_a_crash(engine, r
         assert EngineClient(engine[0]).status()["pid"] == engine[1]
 
 
-def test_a_block_shrunk_under_a_stream_alpha_it_holds_costs_the_stream_its_state_not_the_engine(engine, reference):
+@pytest.mark.parametrize("next_frame", ["same block", "inline"])
+def test_a_block_shrunk_under_a_stream_alpha_it_holds_costs_the_stream_its_state_not_the_engine(
+        engine, reference, next_frame):
     """A client that breaks its ``slots_read_only`` promise by shrinking its block: the alpha kept in the
-    cut-off slot cannot be copied out (a SIGBUS), so the stream starts over."""
+    cut-off slot cannot be read (a SIGBUS), whichever way the stream's next frame comes: it starts over."""
     frame = frames_of(reference, 1)[0]
     alpha_bytes = frame.shape[0] * frame.shape[1] * 4
     with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes) as block:
-        def request(number, **fields):
-            return header(op="matte", id=f"cut-{number}", stream="cut", frame=number, image=shm_image(frame, block),
-                          **fields)
-        first = raw_request(engine[0], request(1, slots_read_only=True, alpha_shm_offset=frame.nbytes),
-                            timeout_ms=60000)
+        first = raw_request(engine[0], header(op="matte", id=f"cut-1-{next_frame}", stream=f"cut-{next_frame}", frame=1,
+                                              image=shm_image(frame, block), slots_read_only=True,
+                                              alpha_shm_offset=frame.nbytes), timeout_ms=60000)
         assert first["ok"], first
         os.truncate(os.path.join("/dev/shm", block.name.lstrip("/")), frame.nbytes)
-        second = raw_request(engine[0], request(2), timeout_ms=60000)
+        if next_frame == "inline":
+            second = raw_request(engine[0], header(op="matte", id="cut-2", stream=f"cut-{next_frame}", frame=2,
+                                                   image={"shape": list(frame.shape), "dtype": "float32",
+                                                          "transport": "inline"}), frame.tobytes(), timeout_ms=60000)
+        else:
+            second = raw_request(engine[0], header(op="matte", id="cut-2s", stream=f"cut-{next_frame}", frame=2,
+                                                   image=shm_image(frame, block)), timeout_ms=60000)
         assert second["ok"] and not second["stats"]["reused"], second
         assert EngineClient(engine[0]).status()["pid"] == engine[1]
+
+
+def test_pixels_written_over_an_old_slot_cost_the_stream_its_state(engine, reference):
+    """A foreign client that lays its block out anew (RGB, then RGBA at the same size: the pixels grow
+    over the old alpha slot) has overwritten the alpha the engine kept there: that state is forgotten,
+    not reused (it was NaN here)."""
+    frame = frames_of(reference, 1)[0]
+    rgba = np.ascontiguousarray(np.concatenate([frame, np.ones_like(frame[..., :1])], axis=-1))
+    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
+    with frame_in_shared_memory(frame, rgba.nbytes + alpha_bytes) as block:
+        first = raw_request(engine[0], header(op="matte", id="layout-1", stream="layout", frame=1, slots_read_only=True,
+                                              image=shm_image(frame, block), alpha_shm_offset=frame.nbytes),
+                            timeout_ms=60000)
+        alpha = np.frombuffer(block.buf, np.float32, alpha_bytes // 4, frame.nbytes).copy()
+        np.frombuffer(block.buf, np.float32, rgba.size)[:] = rgba.reshape(-1)
+        second = raw_request(engine[0], header(op="matte", id="layout-2", stream="layout", frame=2,
+                                               slots_read_only=True, image={**shm_image(rgba, block)},
+                                               alpha_shm_offset=rgba.nbytes), timeout_ms=60000)
+        again = np.frombuffer(block.buf, np.float32, alpha_bytes // 4, rgba.nbytes).copy()
+    assert first["ok"] and second["ok"] and not second["stats"]["reused"], second
+    assert np.array_equal(again, alpha)  # the same RGB computed afresh
+
+
+def test_a_retry_after_its_block_was_unmapped_is_still_answered_from_cache(engine, reference):
+    """The engine keeps 16 blocks mapped: a client that lost a reply may retry after its block was
+    unmapped; the kept alpha was copied out, and the cached answer with it."""
+    frames = frames_of(reference, 17)
+    alpha_bytes = frames[0].shape[0] * frames[0].shape[1] * 4
+    with contextlib.ExitStack() as blocks:
+        mine = blocks.enter_context(frame_in_shared_memory(frames[0], frames[0].nbytes + alpha_bytes))
+        request = header(op="matte", id="lost-reply", stream="lost", frame=1, slots_read_only=True,
+                         image=shm_image(frames[0], mine), alpha_shm_offset=frames[0].nbytes)
+        assert raw_request(engine[0], request, timeout_ms=60000)["ok"]
+        alpha = np.frombuffer(mine.buf, np.float32, alpha_bytes // 4, frames[0].nbytes).copy()
+        for index, frame in enumerate(frames[1:]):  # 16 other blocks push it out of the engine's mappings
+            other = blocks.enter_context(frame_in_shared_memory(frame))
+            assert raw_request(engine[0], header(op="matte", id=f"push-{index}", stream=f"push-{index}", frame=1,
+                                                 image=shm_image(frame, other)), timeout_ms=60000)["ok"]
+        served = EngineClient(engine[0]).status()["frames_served"]
+        np.frombuffer(mine.buf, np.float32, alpha_bytes // 4, frames[0].nbytes)[:] = -1.0
+        assert raw_request(engine[0], request, timeout_ms=60000)["ok"]
+        retried = np.frombuffer(mine.buf, np.float32, alpha_bytes // 4, frames[0].nbytes).copy()
+    assert EngineClient(engine[0]).status()["frames_served"] == served  # from the cache, not computed again
+    assert np.array_equal(retried, alpha)
+
+
+def test_one_block_under_two_spellings_of_its_name_is_one_block(engine, reference):
+    """"/name" and "name" are the same block: mapped twice, another stream's alpha written through one
+    mapping went over the alpha kept through the other."""
+    frames = frames_of(reference, 2)
+    with EngineClient(engine[0]) as inline:
+        expected = [inline.matte("spelling-expected", n, frames[0])[0].copy() for n in (1, 2)]
+    alpha_bytes = frames[0].shape[0] * frames[0].shape[1] * 4
+    with frame_in_shared_memory(frames[0], frames[0].nbytes + alpha_bytes) as block:
+        def request(stream, number, name):
+            return header(op="matte", id=f"spelling-{stream}-{number}", stream=stream, frame=number,
+                          slots_read_only=True, image={**shm_image(frames[0], block), "shm": name},
+                          alpha_shm_offset=frames[0].nbytes)
+        name = block.name.lstrip("/")
+        assert raw_request(engine[0], request("spelling-a", 1, name), timeout_ms=60000)["ok"]
+        np.frombuffer(block.buf, np.float32, frames[1].size)[:] = frames[1].reshape(-1)
+        assert raw_request(engine[0], request("spelling-b", 1, "/" + name), timeout_ms=60000)["ok"]
+        np.frombuffer(block.buf, np.float32, frames[0].size)[:] = frames[0].reshape(-1)
+        assert raw_request(engine[0], request("spelling-a", 2, name), timeout_ms=60000)["stats"]["reused"]
+        alpha = np.frombuffer(block.buf, np.float32, alpha_bytes // 4, frames[0].nbytes).copy()
+    assert np.array_equal(alpha.reshape(expected[1].shape), expected[1])
 
 
 def test_a_block_without_room_for_the_alpha_is_refused_before_the_frame_is_computed(engine, reference):

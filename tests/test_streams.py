@@ -45,14 +45,21 @@ def test_alphas_in_memory_about_to_be_reused_are_copied_out_or_forgotten():
     store = StreamStore(budget_bytes=1 << 30, idle_timeout_s=60)
     slot = torch.rand(2, 4, 4)  # two clients' slots, as the engine maps them
     for name, index in (("a", 0), ("b", 1)):
-        store.record(name, 1, MatteState(torch.zeros(1, 3, 4, 4), slot[index][None, None]))
+        stream = store.record(name, 1, MatteState(torch.zeros(1, 3, 4, 4), slot[index][None, None]))
+        stream.last_reply = (f"id-{name}", [], ("block", 0, "float32", stream.state.alpha[0, 0]))
     span = slot[0].data_ptr(), slot[0].data_ptr() + slot[0].nbytes
-    store.move_out_of(*span, keep="a")  # a's own next alpha goes there: it reads its state first
+    store.before_slot_write(*span, "a")  # a's own next alpha goes there: it reads its state first
     assert store.find("a").state.alpha.data_ptr() == slot[0].data_ptr()
     kept = slot[0].clone()
-    store.move_out_of(*span)
+    store.before_slot_write(*span, "b")  # b's alpha goes into a's slot: a keeps a copy, not its reply
+    assert store.find("a").last_reply is None
+    store.record("a", 2, MatteState(torch.zeros(1, 3, 4, 4), slot[0][None, None]))
+    store.find("a").last_reply = ("id-a2", [], ("block", 0, "float32", store.find("a").state.alpha[0, 0]))
+    store.release(*span, copy=True)  # unmapped: the state and the cached reply follow one copy
     slot[0] = -1.0
-    assert torch.equal(store.find("a").state.alpha[0, 0], kept)
+    a = store.find("a")
+    assert torch.equal(a.state.alpha[0, 0], kept) and a.last_reply[2][3].data_ptr() == a.state.alpha.data_ptr()
     assert store.find("b").state.alpha.data_ptr() == slot[1].data_ptr()  # not in that memory: untouched
-    store.move_out_of(slot[1].data_ptr(), slot[1].data_ptr() + slot[1].nbytes, readable=False)
-    assert store.find("b").state is None and store.memory_bytes == held(store)
+    store.release(slot[1].data_ptr(), slot[1].data_ptr() + slot[1].nbytes, copy=False)
+    b = store.find("b")
+    assert b.state is None and b.last_reply is None and store.memory_bytes == held(store)
