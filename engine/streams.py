@@ -111,8 +111,8 @@ class StreamStore:
         if not keep_reply:
             stream.last_reply = None
             return
-        if stream.state is not None and kept is not None and alpha.data_ptr() == kept.data_ptr():
-            alpha = stream.state.alpha[0, 0]  # the reply's alpha is the state's: follow its copy
+        if kept is not None and alpha.data_ptr() == kept.data_ptr():
+            alpha = stream.state.alpha[0, 0]  # the reply's alpha is the state's, copied above: follow it
         else:
             alpha = alpha.clone()
         stream.last_reply = (request_id, frames, (block, offset, dtype, alpha))

@@ -163,11 +163,10 @@ class EngineClient:
                 lent.append(self._blocks["image"].alpha(slot, protocol.DTYPES[alpha_dtype], image.shape[:2]))
 
             reply, frames = self._request_locked(header, payload, self.retries, None if slot is None else lend)
-            dtype, shape = protocol.DTYPES[reply["dtype"]], reply["shape"]
             if reply.get("alpha_in_shm"):
                 alpha = lent[0]
             else:
-                alpha = np.frombuffer(frames[0], dtype=dtype).reshape(shape)
+                alpha = np.frombuffer(frames[0], dtype=protocol.DTYPES[reply["dtype"]]).reshape(reply["shape"])
         return alpha, reply["stats"]
 
     def close(self) -> None:

@@ -42,11 +42,27 @@ def frame_in_shared_memory(frame, size=None, name=None):
     client's block does; closed and unlinked afterwards."""
     block = shared_memory.SharedMemory(name=name, create=True, size=size or frame.nbytes)
     try:
-        np.frombuffer(block.buf, dtype=frame.dtype, count=frame.size)[:] = frame.reshape(-1)
+        write_pixels(block, frame)
         yield block
     finally:
         block.close()
         block.unlink()
+
+
+def write_pixels(block, pixels) -> None:
+    """``pixels`` into ``block`` from offset 0, as a client writes a frame."""
+    np.frombuffer(block.buf, dtype=pixels.dtype, count=pixels.size)[:] = pixels.reshape(-1)
+
+
+def alpha_bytes(frame) -> int:
+    """The size of a float32 alpha for ``frame``: room for one slot."""
+    return frame.shape[0] * frame.shape[1] * 4
+
+
+def slot_of(block, frame, offset: int) -> np.ndarray:
+    """The float32 alpha of ``frame``'s size at ``offset`` in ``block``, as a flat writable view (dropped
+    before the block closes, which cannot close while a view is held)."""
+    return np.frombuffer(block.buf, dtype=np.float32, count=frame.shape[0] * frame.shape[1], offset=offset)
 
 
 def shm_image(frame, block) -> dict:
@@ -269,10 +285,9 @@ def test_clients_made_one_after_another_never_share_request_ids(engine, referenc
 def test_a_retried_shared_memory_request_writes_its_alpha_again(engine, reference):
     """The client may have reused the slot since the lost reply: the cached answer rewrites the alpha."""
     frame = frames_of(reference, 1)[0]
-    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
-    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes) as block:
+    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes(frame)) as block:
         def slot():  # a fresh view each time: the block cannot close while one is held
-            return np.frombuffer(block.buf, dtype=np.float32, count=alpha_bytes // 4, offset=frame.nbytes)
+            return slot_of(block, frame, frame.nbytes)
         request = header(op="matte", id="retry-shm", stream="r-shm", frame=1, alpha_shm_offset=frame.nbytes,
                          image=shm_image(frame, block))
         served = EngineClient(engine[0]).status()["frames_served"]
@@ -289,12 +304,11 @@ def test_a_stream_keeps_its_own_copy_of_an_alpha_written_into_shared_memory(engi
     """The slot is the client's again once the reply has arrived: the stream's next frame reuses
     the engine's own alpha, not whatever the slot holds by then."""
     frame = frames_of(reference, 1)[0]
-    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
     client = EngineClient(engine[0])
     expected = [client.matte("own-inline", number, frame)[0].copy() for number in (1, 2)]
     client.close()
-    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes) as block:
-        slot = np.frombuffer(block.buf, dtype=np.float32, count=alpha_bytes // 4, offset=frame.nbytes)
+    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes(frame)) as block:
+        slot = slot_of(block, frame, frame.nbytes)
         replies = []
         for number in (1, 2):
             request = header(op="matte", id=f"own-{number}", stream="own-shm", frame=number,
@@ -312,9 +326,8 @@ def test_a_slot_a_client_never_writes_holds_the_stream_alpha_itself(engine, refe
     engine composes the alpha into the slot and keeps it there instead of a copy of its own: the
     next frame reuses what the slot holds. Shown by breaking the promise."""
     frame = frames_of(reference, 1)[0]
-    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
-    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes) as block:
-        slot = np.frombuffer(block.buf, dtype=np.float32, count=alpha_bytes // 4, offset=frame.nbytes)
+    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes(frame)) as block:
+        slot = slot_of(block, frame, frame.nbytes)
         alphas = []
         for number in (1, 2):
             request = header(op="matte", id=f"kept-{number}", stream="kept-shm", frame=number, slots_read_only=True,
@@ -727,8 +740,7 @@ def test_a_block_shrunk_under_a_stream_alpha_it_holds_costs_the_stream_its_state
     """A client that breaks its ``slots_read_only`` promise by shrinking its block: the alpha kept in the
     cut-off slot cannot be read (a SIGBUS), whichever way the stream's next frame comes: it starts over."""
     frame = frames_of(reference, 1)[0]
-    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
-    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes) as block:
+    with frame_in_shared_memory(frame, frame.nbytes + alpha_bytes(frame)) as block:
         first = raw_request(engine[0], header(op="matte", id=f"cut-1-{next_frame}", stream=f"cut-{next_frame}", frame=1,
                                               image=shm_image(frame, block), slots_read_only=True,
                                               alpha_shm_offset=frame.nbytes), timeout_ms=60000)
@@ -751,17 +763,16 @@ def test_pixels_written_over_an_old_slot_cost_the_stream_its_state(engine, refer
     not reused (it was NaN here)."""
     frame = frames_of(reference, 1)[0]
     rgba = np.ascontiguousarray(np.concatenate([frame, np.ones_like(frame[..., :1])], axis=-1))
-    alpha_bytes = frame.shape[0] * frame.shape[1] * 4
-    with frame_in_shared_memory(frame, rgba.nbytes + alpha_bytes) as block:
+    with frame_in_shared_memory(frame, rgba.nbytes + alpha_bytes(frame)) as block:
         first = raw_request(engine[0], header(op="matte", id="layout-1", stream="layout", frame=1, slots_read_only=True,
                                               image=shm_image(frame, block), alpha_shm_offset=frame.nbytes),
                             timeout_ms=60000)
-        alpha = np.frombuffer(block.buf, np.float32, alpha_bytes // 4, frame.nbytes).copy()
-        np.frombuffer(block.buf, np.float32, rgba.size)[:] = rgba.reshape(-1)
+        alpha = slot_of(block, frame, frame.nbytes).copy()
+        write_pixels(block, rgba)
         second = raw_request(engine[0], header(op="matte", id="layout-2", stream="layout", frame=2,
                                                slots_read_only=True, image={**shm_image(rgba, block)},
                                                alpha_shm_offset=rgba.nbytes), timeout_ms=60000)
-        again = np.frombuffer(block.buf, np.float32, alpha_bytes // 4, rgba.nbytes).copy()
+        again = slot_of(block, frame, rgba.nbytes).copy()
     assert first["ok"] and second["ok"] and not second["stats"]["reused"], second
     assert np.array_equal(again, alpha)  # the same RGB computed afresh
 
@@ -770,21 +781,21 @@ def test_a_retry_after_its_block_was_unmapped_is_still_answered_from_cache(engin
     """The engine keeps 16 blocks mapped: a client that lost a reply may retry after its block was
     unmapped; the kept alpha was copied out, and the cached answer with it."""
     frames = frames_of(reference, 17)
-    alpha_bytes = frames[0].shape[0] * frames[0].shape[1] * 4
     with contextlib.ExitStack() as blocks:
-        mine = blocks.enter_context(frame_in_shared_memory(frames[0], frames[0].nbytes + alpha_bytes))
+        mine = blocks.enter_context(
+            frame_in_shared_memory(frames[0], frames[0].nbytes + alpha_bytes(frames[0])))
         request = header(op="matte", id="lost-reply", stream="lost", frame=1, slots_read_only=True,
                          image=shm_image(frames[0], mine), alpha_shm_offset=frames[0].nbytes)
         assert raw_request(engine[0], request, timeout_ms=60000)["ok"]
-        alpha = np.frombuffer(mine.buf, np.float32, alpha_bytes // 4, frames[0].nbytes).copy()
+        alpha = slot_of(mine, frames[0], frames[0].nbytes).copy()
         for index, frame in enumerate(frames[1:]):  # 16 other blocks push it out of the engine's mappings
             other = blocks.enter_context(frame_in_shared_memory(frame))
             assert raw_request(engine[0], header(op="matte", id=f"push-{index}", stream=f"push-{index}", frame=1,
                                                  image=shm_image(frame, other)), timeout_ms=60000)["ok"]
         served = EngineClient(engine[0]).status()["frames_served"]
-        np.frombuffer(mine.buf, np.float32, alpha_bytes // 4, frames[0].nbytes)[:] = -1.0
+        slot_of(mine, frames[0], frames[0].nbytes)[:] = -1.0
         assert raw_request(engine[0], request, timeout_ms=60000)["ok"]
-        retried = np.frombuffer(mine.buf, np.float32, alpha_bytes // 4, frames[0].nbytes).copy()
+        retried = slot_of(mine, frames[0], frames[0].nbytes).copy()
     assert EngineClient(engine[0]).status()["frames_served"] == served  # from the cache, not computed again
     assert np.array_equal(retried, alpha)
 
@@ -795,19 +806,18 @@ def test_one_block_under_two_spellings_of_its_name_is_one_block(engine, referenc
     frames = frames_of(reference, 2)
     with EngineClient(engine[0]) as inline:
         expected = [inline.matte("spelling-expected", n, frames[0])[0].copy() for n in (1, 2)]
-    alpha_bytes = frames[0].shape[0] * frames[0].shape[1] * 4
-    with frame_in_shared_memory(frames[0], frames[0].nbytes + alpha_bytes) as block:
+    with frame_in_shared_memory(frames[0], frames[0].nbytes + alpha_bytes(frames[0])) as block:
         def request(stream, number, name):
             return header(op="matte", id=f"spelling-{stream}-{number}", stream=stream, frame=number,
                           slots_read_only=True, image={**shm_image(frames[0], block), "shm": name},
                           alpha_shm_offset=frames[0].nbytes)
         name = block.name.lstrip("/")
         assert raw_request(engine[0], request("spelling-a", 1, name), timeout_ms=60000)["ok"]
-        np.frombuffer(block.buf, np.float32, frames[1].size)[:] = frames[1].reshape(-1)
+        write_pixels(block, frames[1])
         assert raw_request(engine[0], request("spelling-b", 1, "/" + name), timeout_ms=60000)["ok"]
-        np.frombuffer(block.buf, np.float32, frames[0].size)[:] = frames[0].reshape(-1)
+        write_pixels(block, frames[0])
         assert raw_request(engine[0], request("spelling-a", 2, name), timeout_ms=60000)["stats"]["reused"]
-        alpha = np.frombuffer(block.buf, np.float32, alpha_bytes // 4, frames[0].nbytes).copy()
+        alpha = slot_of(block, frames[0], frames[0].nbytes).copy()
     assert np.array_equal(alpha.reshape(expected[1].shape), expected[1])
 
 
