@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_faithful, make_checkpoint
-from sparsemat.engine.model.backends import make_plan, spconv_available
+from sparsemat.engine.model.backends import make_plan, parse_rule, spconv_available
 from sparsemat.engine.model.sparse import Rulebook, Sites, downsample, gather_conv, submanifold_map
 
 
@@ -113,3 +113,44 @@ def test_spconv_plan_matches_torch_plan_per_rule():
     # coarse rows may come in another order; the inverse brings both back onto `sites`' order
     torch.testing.assert_close(ours.conv("up0", down_ours, weight, bias), theirs.conv("up0", down_theirs, weight, bias),
                                rtol=1e-4, atol=1e-4)
+
+
+class OneLevelPlan:
+    """Submanifold rules on one site set, whatever level they name: enough to run one block."""
+
+    def __init__(self, sites: Sites):
+        self.sites = sites
+
+    def conv(self, rule, features, weight, bias):
+        kind, _, dilation = parse_rule(rule)
+        assert kind == "subm", rule
+        book = Rulebook.from_neighbours(submanifold_map(self.sites, dilation), self.sites.count)
+        return gather_conv(features, book, weight, bias)
+
+
+def test_layer4_downsample_runs_on_conv1s_dilation_2_rulebook():
+    """spconv 1.x reused conv1's dilation-2 rulebook for layer4.0's downsample (shared indice key):
+    the block must equal dense convolutions with the downsample dilated too."""
+    from sparsemat.engine.model.shm import SparseResNet18
+
+    generator = torch.Generator().manual_seed(5)
+    block = SparseResNet18().layer4[0].double().eval()
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64) * 0.05)
+    sites = Sites.from_mask(torch.rand(12, 14, generator=generator) < 0.5)
+    features = torch.randn(sites.count, 256, generator=generator, dtype=torch.float64)
+
+    def dense_conv(conv, x, dilation):
+        return F.conv2d(x, as_oihw(conv.weight), conv.bias, padding=dilation, dilation=dilation)
+
+    def at(x):  # back to site features, so inactive sites are zero for the next convolution
+        return at_sites(x, sites)
+
+    with torch.no_grad():
+        x = dense_features(sites, features)
+        inner = torch.relu(block.bn1(at(dense_conv(block.conv1, x, 2))))
+        main = block.bn2(at(dense_conv(block.conv2, dense_features(sites, inner), 1)))
+        residual = block.downsample[1](at(dense_conv(block.downsample[0], x, 2)))
+        expected = torch.relu(main + residual)
+        torch.testing.assert_close(block(features, OneLevelPlan(sites)), expected)

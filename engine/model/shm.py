@@ -73,10 +73,12 @@ class SparseResNet18(nn.Module):
                                      BasicBlock(128, 128, "subm3", "subm3", None)])
         self.layer3 = nn.ModuleList([BasicBlock(128, 256, "subm3", "subm3", "subm3"),
                                      BasicBlock(256, 256, "subm3", "subm3", None)])
-        # layer4.0's conv1 has dilation 2 and its downsample shares conv1's indice_key. The
-        # reference outputs give the downsample its own dilation-1 rulebook (spconv 2.x refuses
-        # the reuse); spconv 1.x would have reused the dilated one. See docs/FIDELITY.md.
-        self.layer4 = nn.ModuleList([BasicBlock(256, 512, "subm3_d2", "subm3", "subm3"),
+        # The published code (spconv 1.x, one rulebook dict for the whole network) gives
+        # layer4.0's downsample, declared dilation 1, the dilation-2 rulebook that conv1 stored
+        # under their shared indice_key just before it: the weights were trained that way.
+        # Every other shared key joins layers of identical parameters or 1x1 convolutions
+        # (no rulebook). See docs/FIDELITY.md.
+        self.layer4 = nn.ModuleList([BasicBlock(256, 512, "subm3_d2", "subm3", "subm3_d2"),
                                      BasicBlock(512, 512, "subm3", "subm3", None)])
 
     def forward(self, x, plan):
