@@ -768,11 +768,11 @@ comes from that run on the machine described, nothing is extrapolated.
 
 """
     body += kept_tail(path)
+    from sparsemat.plugin.files import replacing
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(body)
-    os.replace(tmp, path)
+    with replacing(path) as temporary, open(temporary, "w") as handle:
+        handle.write(body)
 
 
 # --------------------------------------------------------------------------- main

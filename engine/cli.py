@@ -8,16 +8,10 @@ Heavy modules (torch, OpenImageIO) are imported inside the subcommands so that
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
-EXIT_FAILED = 1  # the job ran but some frames failed, or it had to stop
-EXIT_USAGE = 2  # nothing was done: bad arguments, no frames, no checkpoint
-
-
-class UsageError(Exception):
-    """Nothing could start; the message says what is needed."""
+from .validation import EXIT_FAILED, EXIT_USAGE, UsageError, device_name
 
 
 def _positive_int(text: str) -> int:
@@ -48,6 +42,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    try:
+        return device_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsemat", description="Full-resolution alpha mattes with SparseMat.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     matte.add_argument("--frames", help="frame range such as 1001-1100, 1-10x2 or 1,3,5-7 (default: the frames on disk)")
     matte.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
                        help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT)")
-    matte.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    matte.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                       help="auto (the first GPU torch sees, else the CPU), cpu, cuda or cuda:N (default auto)")
     matte.add_argument("--temporal", action=argparse.BooleanOptionalAction, default=None,
                        help="reuse the previous frame's alpha where nothing changed (default: on for sequences)")
     matte.add_argument("--keyframe-interval", type=_non_negative_int, default=0, metavar="N",
@@ -97,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
                                 help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT); without one the engine "
                                      "runs the weight-free guided refiner, and every request must carry a prior")
-            action.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+            action.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                                help="auto, cpu, cuda or cuda:N, as for matte (default auto)")
             action.add_argument("--memory-budget", type=_positive, default=4.0, metavar="GB",
                                 help="memory for the temporal state of all streams together (default 4); least "
                                      "recently used streams are evicted")
@@ -119,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
                          help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT)")
     preview.add_argument("--prior", metavar="PATTERN", help="coarse alpha per frame, as for matte")
-    preview.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    preview.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help="as for matte")
     preview.add_argument("--input-colorspace", dest="colourspace", metavar="NAME")
     preview.add_argument("--width", type=_positive_int, default=480, help="width of each of the four tiles")
-    preview.set_defaults(run=run_preview)
+    preview.set_defaults(run=_run_preview)
 
     from .evaluate import add_eval_command
 
@@ -149,64 +152,13 @@ def run_engine_command(args) -> int:
     return daemon.status(address)
 
 
-def _resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but torch sees no CUDA device")
-    return name
-
-
-def _plates(args):
-    """INPUT and --prior as patterns, after the checks matte and preview share: --prior is a
-    sequence exactly when INPUT is, and --input-colorspace names a colourspace that can be
-    decoded (checked here, not once per frame after the model has loaded)."""
-    from .imageio import check_colourspace
-    from .sequence import SequenceError, check_same_kind, parse_pattern
-
-    try:
-        source = parse_pattern(args.input)
-        prior = parse_pattern(args.prior) if args.prior else None
-        if prior is not None:
-            check_same_kind(source, "INPUT", prior, "--prior")
-    except SequenceError as exc:
-        raise UsageError(str(exc)) from exc
-    if args.colourspace is not None:
-        try:
-            check_colourspace(args.colourspace)
-        except ValueError as exc:
-            raise UsageError(f"--input-colorspace: {exc}") from exc
-    return source, prior
-
-
-def _refuse_overwriting(writes, reads) -> None:
-    """UsageError when a file to write is a file to read, however either is spelled (%04d or ####,
-    relative or absolute, through symbolic or hard links): a run would replace the plates it mattes."""
-    inputs = {key: path for path in reads for key in _file_keys(path)}
-    for path in writes:
-        for key in _file_keys(path):
-            if key in inputs:
-                raise UsageError(f"OUTPUT would overwrite the input file {inputs[key]}: write the output elsewhere")
-
-
-def _file_keys(path: str) -> list:
-    """The resolved path, and the (device, inode) of an existing file: one file under two names (a
-    hard link, another case on a case-insensitive file system) has one identity."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return [os.path.realpath(path)]
-    return [os.path.realpath(path), (info.st_dev, info.st_ino)]
-
-
 def _plan_job(args):
     from .imageio import SUPPORTED_OUTPUTS
+    from .inputs import plates, refuse_overwriting
     from .job import MatteJob
     from .sequence import SequenceError, check_same_kind, parse_pattern, select_frames
 
-    source, prior = _plates(args)
+    source, prior = plates(args)
     try:
         target = parse_pattern(args.output)
         check_same_kind(source, "INPUT", target, "OUTPUT")
@@ -217,47 +169,39 @@ def _plan_job(args):
         raise UsageError(str(exc)) from exc
     if not source.is_sequence and not os.path.exists(args.input):
         raise UsageError(f"input not found: {args.input}")
-    _refuse_overwriting((target.path(frame) for frame in frames),
-                        [plates.path(frame) for plates in (source, prior) if plates is not None for frame in frames])
+    refuse_overwriting((target.path(frame) for frame in frames),
+                       [patterns.path(frame) for patterns in (source, prior) if patterns is not None for frame in frames])
     temporal = source.is_sequence if args.temporal is None else args.temporal
     return MatteJob(source, target, frames, temporal=temporal, skip_existing=args.skip_existing,
                     colourspace=args.colourspace, half=args.half, prior=prior,
                     keyframe_interval=args.keyframe_interval)
 
 
-def load_matter(checkpoint: str | None, device: str = "auto", max_pixels: int | None = None,
-                backend: str = "torch", half: bool = False):
-    """The model from ``checkpoint`` ready on ``device``, or the weight-free guided refiner when
-    there is no checkpoint; UsageError says what is wrong."""
-    from .matting import MAX_PIXELS, Matter
-    from .model import CheckpointError, SparseMat
-
-    device = _resolve_device(device)
-    if half and device != "cuda":
-        raise UsageError("--half-precision needs a CUDA device")
-    try:
-        model = SparseMat.from_checkpoint(checkpoint) if checkpoint else None
-        return Matter(model, device=device, max_pixels=max_pixels or MAX_PIXELS, backend=backend, half=half)
-    except (CheckpointError, ValueError, ImportError) as exc:
-        raise UsageError(str(exc)) from exc
-
-
-NEEDS_A_SOURCE = ("nothing to matte with: give --checkpoint PATH (or set SPARSEMAT_CHECKPOINT) to use the "
-                  "SparseMat network, or --prior PATTERN (a coarse alpha per frame, any resolution) to refine "
-                  "it with the weight-free guided refiner")
-
-
 def run_matte(args) -> int:
     from .allocator import keep_freed_memory
-    from .job import InProcessMatter, JobError, run_job
+    from .inputs import NEEDS_A_SOURCE
 
     job = _plan_job(args)
     if args.engine:
-        return _run_matte_remote(args, job)
+        from .daemon import normalize_address
+        from .remote import run_remote
+
+        try:
+            address = normalize_address(args.engine)
+        except ValueError as exc:
+            raise UsageError(f"--engine: {exc}") from exc
+        return run_remote(job, address, args.max_pixels, progress=not args.quiet)
     if not args.checkpoint and not args.prior:
         raise UsageError(NEEDS_A_SOURCE)
-    keep_freed_memory()  # before torch starts its threads
-    matter = load_matter(args.checkpoint, args.device, args.max_pixels, args.backend, args.half_precision)
+    keep_freed_memory()  # before torch is imported and starts its threads
+    from .job import JobError, run_job
+    from .loading import ModelLoadError, load_matter
+    from .matting import InProcessMatter
+
+    try:
+        matter = load_matter(args.checkpoint, args.device, args.max_pixels, args.backend, args.half_precision)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from exc
     try:
         summary = run_job(job, InProcessMatter(matter), progress=not args.quiet)
     except JobError as exc:
@@ -267,89 +211,10 @@ def run_matte(args) -> int:
     return 0 if summary.ok else EXIT_FAILED
 
 
-def _run_matte_remote(args, job) -> int:
-    """The job's frames through a running engine; the engine's model options apply."""
-    import uuid
+def _run_preview(args) -> int:
+    from .preview import run_preview
 
-    from sparsemat.plugin.client import EngineClient, EngineError, EngineUnavailable
-
-    from .daemon import normalize_address
-    from .job import EngineMatter, JobError, run_job
-
-    try:
-        address = normalize_address(args.engine)
-    except ValueError as exc:
-        raise UsageError(f"--engine: {exc}") from exc
-    client = EngineClient(address)
-    stream = f"cli-{uuid.uuid4().hex[:12]}"
-    reachable = True
-    try:
-        client.hello()
-        summary = run_job(job, EngineMatter(client, stream, args.max_pixels), progress=not args.quiet)
-    except (JobError, EngineError) as exc:
-        reachable = not isinstance(exc, EngineUnavailable)
-        print(f"sparsemat: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        if reachable:  # free the stream's state however the job ended (idle eviction would, later)
-            with contextlib.suppress(EngineError):
-                client.reset(stream)
-        client.close()
-    print(summary.describe())
-    return 0 if summary.ok else EXIT_FAILED
-
-
-def run_preview(args) -> int:
-    """Matte the frame (after its predecessor, when there is one, for the temporal mask) and draw it."""
-    import torch
-
-    from .imageio import ImageReadError, read_alpha, read_rgb, write_rgb8
-    from .matting import FrameError
-    from .preview import contact_sheet
-    from .sequence import SequenceError, select_frames
-
-    if not args.checkpoint and not args.prior:
-        raise UsageError(NEEDS_A_SOURCE)
-    source, prior = _plates(args)
-    if args.frame is not None and not source.is_sequence:
-        raise UsageError(f"--frame needs a sequence pattern, not the single file '{source.text}'")
-    try:
-        frame = args.frame if args.frame is not None else select_frames(source, None)[0]
-    except SequenceError as exc:
-        raise UsageError(str(exc)) from exc
-    # Frame 0 and a single image have no previous frame; a missing one is a sequence's first.
-    previous = frame - 1 if frame is not None and frame > 0 and os.path.exists(source.path(frame - 1)) else None
-    reads = [frame] if previous is None else [previous, frame]
-    _refuse_overwriting([args.output],
-                        [plates.path(number) for plates in (source, prior) if plates is not None for number in reads])
-    matter = load_matter(args.checkpoint, args.device)
-
-    def matte(number, state=None):
-        pixels = torch.from_numpy(read_rgb(source.path(number), args.colourspace))
-        coarse = None if prior is None else torch.from_numpy(read_alpha(prior.path(number)))
-        return (pixels, *matter.matte(pixels, state, prior=coarse))
-
-    state = None
-    if previous is not None:
-        try:
-            state = matte(previous)[2]
-        except (ImageReadError, OSError, FrameError) as exc:  # it only adds the changed pixels: do without
-            print(f"sparsemat: note: no changed pixels (blue) from frame {previous}: {exc}", file=sys.stderr)
-    try:
-        pixels, alpha, _, stats = matte(frame, state)
-    except (ImageReadError, OSError, FrameError) as exc:
-        raise UsageError(str(exc)) from exc
-    changed = None if stats.masks.changed is None else stats.masks.changed[0, 0].cpu().numpy() > 0
-    sheet = contact_sheet(pixels.numpy(), alpha.cpu().numpy(), stats.masks.refine[0, 0].cpu().numpy() > 0, changed,
-                          tile_width=args.width)
-    try:
-        write_rgb8(args.output, sheet)
-    except OSError as exc:
-        print(f"sparsemat: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"wrote {args.output}: plate | alpha | composite | refined band (red), changed (blue); "
-          f"active {stats.active_fraction:.2%}")
-    return 0
+    return run_preview(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from .cli import EXIT_FAILED, UsageError
+from .validation import EXIT_FAILED, UsageError
 
 # numpy and .metrics are imported inside the functions: building the parser stays instant.
 IMAGE_METRICS = ("sad", "mse", "grad", "conn")

@@ -42,6 +42,9 @@ depend on rounding by up to 0.04 in alpha.
 
 The result does not depend on the tile size (to float rounding, ~1e-6): every window sees the
 pixels it would see on the whole frame; windows are clipped at the frame's borders.
+
+One module of about 400 lines: one algorithm, whose tiling, pooled canvases and solve share
+one geometry (tiles, halos, steps); split, each part would need the others' invariants.
 """
 from __future__ import annotations
 

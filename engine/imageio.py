@@ -1,7 +1,8 @@
-"""Reading plate frames and writing alpha mattes through OpenImageIO.
+"""Reading plate frames and writing alpha mattes through OpenImageIO (no torch).
 
 ``read_rgb`` returns what the matting model expects: float32 (H, W, 3), sRGB-encoded,
-in [0, 1]. Scene-linear plates (EXR, HDR) are encoded with the sRGB transfer function;
+in [0, 1], all finite (NaN and infinity are refused naming the file and the first bad
+pixel). Scene-linear plates (EXR, HDR) are encoded with the sRGB transfer function;
 other colourspaces go through OpenColorIO. ``write_alpha`` writes one-channel mattes
 atomically, so an interrupted run never leaves a half-written frame behind.
 
@@ -21,9 +22,10 @@ from collections.abc import Callable
 import numpy as np
 import OpenImageIO as oiio
 import PyOpenColorIO as ocio
-import torch
 
-from .matting import non_finite_values
+from sparsemat.plugin.files import in_display_window, replacing
+
+from .validation import all_finite, non_finite_values
 
 SUPPORTED_OUTPUTS = (".exr", ".png", ".tif", ".tiff")
 
@@ -63,7 +65,7 @@ def read_rgb(path: str, colourspace: str | None = None) -> np.ndarray:
         colourspace = "linear" if os.path.splitext(path)[1].lower() in LINEAR_EXTENSIONS else "srgb"
     # Resolved before reading, so a bad name fails at once rather than after a slow read.
     encode = _display_encoder(colourspace)
-    return _to_display_rgb(_read_channels(path, _colour_channels), encode)
+    return _to_display_rgb(path, _read_channels(path, _colour_channels), encode)
 
 
 def display_rgb(pixels: np.ndarray, colourspace: str = "srgb") -> np.ndarray:
@@ -72,20 +74,21 @@ def display_rgb(pixels: np.ndarray, colourspace: str = "srgb") -> np.ndarray:
     Raises ImageReadError on NaN/inf."""
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or pixels.dtype != np.float32:
         raise ValueError(f"pixels must be float32 (H, W, 1|3), got {pixels.dtype} {pixels.shape}")
-    encode = _display_encoder(colourspace)
-    check_finite("pixels", pixels)
-    return _to_display_rgb(pixels, encode)
+    return _to_display_rgb("pixels", pixels, _display_encoder(colourspace))
 
 
-def _to_display_rgb(pixels: np.ndarray, encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _to_display_rgb(name: str, pixels: np.ndarray, encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
+    check_finite(name, pixels)
     return np.ascontiguousarray(encode(pixels), dtype=np.float32)
 
 
 def read_alpha(path: str) -> np.ndarray:
-    """float32 (H, W) matte: the channel named "A", else the first channel."""
-    return _read_channels(path, _alpha_channel)[..., 0]
+    """float32 (H, W) matte: the channel named "A", else the first channel; all values finite."""
+    alpha = _read_channels(path, _alpha_channel)[..., 0]
+    check_finite(path, alpha)
+    return alpha
 
 
 def write_alpha(path: str, alpha: np.ndarray, half: bool = False) -> None:
@@ -117,28 +120,20 @@ def write_rgb8(path: str, pixels: np.ndarray) -> None:
 
 def _write_atomically(path: str, spec: oiio.ImageSpec, pixels: np.ndarray) -> None:
     """Write next to the final name, then rename onto it: readers never see a partial file."""
-    stem, extension = os.path.splitext(os.path.basename(path))
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
         raise ImageWriteError(f"cannot write '{path}': folder '{folder}' does not exist")
-    # Same folder, so os.replace is an atomic rename; the real extension tells OIIO the format.
-    temporary = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{extension}")
     try:
-        _write_image(temporary, spec, pixels, path, folder)
-        try:
-            os.replace(temporary, path)
-        except OSError as error:
-            raise ImageWriteError(f"cannot write '{path}': {error.strerror or error}") from error
-    except BaseException:
-        try:
-            os.remove(temporary)
-        except OSError:
-            pass  # never written, or already gone; the original error matters more
+        with replacing(path) as temporary:
+            _write_image(temporary, spec, pixels, path, folder)
+    except ImageWriteError:
         raise
+    except OSError as error:
+        raise ImageWriteError(f"cannot write '{path}': {error.strerror or error}") from error
 
 
 def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]]) -> np.ndarray:
-    """C-contiguous float32 (H, W, C) of the chosen channels over the display window, all finite."""
+    """C-contiguous float32 (H, W, C) of the chosen channels over the display window."""
     # Keep stored colour values of straight-alpha files (PNG, TIFF) instead of premultiplying.
     hints = oiio.ImageSpec()
     hints.attribute("oiio:UnassociatedAlpha", 1)
@@ -158,9 +153,9 @@ def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]]) -> 
         image.close()
     # Picking channels by index yields a non-contiguous array; OCIO needs a packed one.
     pixels = np.ascontiguousarray(pixels[..., [channel - first for channel in channels]])
-    pixels = _in_display_window(pixels, spec)
-    check_finite(path, pixels)
-    return pixels
+    # Compositing apps show the display window: mattes must match the frame, not an auto-crop.
+    return in_display_window(pixels, (spec.x, spec.y, spec.width, spec.height),
+                             (spec.full_x, spec.full_y, spec.full_width, spec.full_height))
 
 
 def _colour_channels(spec: oiio.ImageSpec) -> list[int]:
@@ -178,37 +173,10 @@ def _alpha_channel(spec: oiio.ImageSpec) -> list[int]:
     return [names.index("A") if "A" in names else 0]
 
 
-def _in_display_window(pixels: np.ndarray, spec: oiio.ImageSpec) -> np.ndarray:
-    """Place the data window into the display window, as compositing apps do.
-
-    EXRs may store a smaller (auto-cropped) or larger (overscan) data window than the frame;
-    mattes must match the frame, so missing pixels are zero and overscan is cropped.
-    """
-    data = (spec.x, spec.y, spec.width, spec.height)
-    display = (spec.full_x, spec.full_y, spec.full_width, spec.full_height)
-    if data == display or spec.full_width <= 0 or spec.full_height <= 0:
-        return pixels
-    frame = np.zeros((spec.full_height, spec.full_width, pixels.shape[2]), dtype=np.float32)
-    left, top = max(spec.x, spec.full_x), max(spec.y, spec.full_y)
-    right = min(spec.x + spec.width, spec.full_x + spec.full_width)
-    bottom = min(spec.y + spec.height, spec.full_y + spec.full_height)
-    if left < right and top < bottom:
-        inside = pixels[top - spec.y : bottom - spec.y, left - spec.x : right - spec.x]
-        frame[top - spec.full_y : bottom - spec.full_y, left - spec.full_x : right - spec.full_x] = inside
-    return frame
-
-
 def check_finite(name: str, pixels: np.ndarray) -> None:
     """Raise ImageReadError naming the first NaN/infinite value of (H, W) or (H, W, C) ``pixels``."""
-    # One summing pass (torch's: threaded, about twice numpy's speed): NaN and infinity reach the
-    # sum, so a finite sum means finite pixels. A non-finite sum (a bad pixel, or huge values
-    # overflowing) takes the exact count.
-    tensor = torch.from_numpy(pixels)
-    if torch.isfinite(tensor.sum()):
-        return
-    bad = non_finite_values(tensor)
-    if bad is not None:
-        raise ImageReadError(f"'{name}' contains {bad}")
+    if not all_finite(pixels):
+        raise ImageReadError(f"'{name}' contains {non_finite_values(pixels)}")
 
 
 def check_colourspace(colourspace: str) -> None:
@@ -222,7 +190,7 @@ def _display_encoder(colourspace: str) -> Callable[[np.ndarray], np.ndarray]:
     if key == "srgb":
         return lambda pixels: np.clip(pixels, 0.0, 1.0, out=pixels)
     if key == "linear":
-        return lambda pixels: _srgb_encode(np.clip(pixels, 0.0, 1.0))
+        return lambda pixels: _srgb_encode(np.clip(pixels, 0.0, 1.0, out=pixels))
     processor = _ocio_processor(os.environ.get("OCIO") or BUILTIN_OCIO_CONFIG, colourspace)
 
     def encode(pixels: np.ndarray) -> np.ndarray:
@@ -238,6 +206,7 @@ def _srgb_encode(linear: np.ndarray) -> np.ndarray:
     power = np.power(linear, 1 / 2.4)
     # 1.055 p - 0.055 rearranged: in float32 the textbook form maps 1.0 to 0.99999994, not white.
     return np.where(linear <= 0.0031308, 12.92 * linear, power + 0.055 * (power - 1.0))
+
 
 
 @functools.cache

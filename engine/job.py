@@ -1,14 +1,19 @@
-"""A matte job over an image or a frame sequence: read, matte, write, report.
+"""A matte job over an image or a frame sequence: read, matte, write, report (no torch).
 
-The job knows nothing of torch: it hands frames to a ``matte`` callable
-(:class:`InProcessMatter` here; a remote engine client has the same shape) and
-writes what comes back. Errors are sorted by whether the run can go on:
+The job hands frames to a ``matte`` callable (``matting.InProcessMatter``, or
+``remote.EngineMatter`` for a running engine: the same shape) and writes what comes back.
+Errors are sorted by whether the run can go on:
 
 - a frame that cannot be read (missing, truncated, NaN pixels) or matted (a
   shape the model cannot take): reported, the temporal stream restarts after
   it, the other frames are still done, and the job fails at the end;
 - an output that cannot be written: the job stops at once;
 - frames already written are never removed.
+
+A frame that should continue its stream but comes back computed afresh (an engine that
+evicted the stream or restarted since) is matted again after the frames since its stream
+started, so every file is what one uninterrupted run gives; if the state is lost again, the
+frame fails with a message saying so.
 """
 from __future__ import annotations
 
@@ -17,16 +22,15 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Callable, Protocol
 
 import numpy as np
 
-from sparsemat.plugin.frames import with_preroll
+from sparsemat.plugin.frames import continues, with_preroll
 
 from .imageio import ImageReadError, ImageWriteError, read_alpha, read_rgb, write_alpha
-from .matting import FrameError
 from .sequence import Pattern
+from .validation import FrameError
 
 
 class JobError(RuntimeError):
@@ -36,8 +40,9 @@ class JobError(RuntimeError):
 class FrameMatter(Protocol):
     def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None
                  ) -> tuple[np.ndarray, object]:
-        """Alpha (H, W) float32 and the frame's stats (with ``active_fraction`` and ``note``); FrameError
-        for pixels the model cannot take."""
+        """Alpha (H, W) float32 and the frame's stats (with ``active_fraction``, ``note`` and
+        ``continued``: whether the frame was given its stream's previous state); FrameError for
+        pixels the model cannot take."""
 
 
 @dataclass
@@ -105,6 +110,7 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
     work = work_list(job, todo)
     start = time.perf_counter()
     previous = None  # the last frame matted in this stream
+    stream_start = None  # the frame this stream started at
     # Read one frame ahead so decoding overlaps the matte of the current frame.
     with (tqdm(total=len(work), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar,
           ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsemat-read") as reader):
@@ -113,7 +119,12 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
         for index, (frame, write) in enumerate(work):
             read = pending.result()
             pending = reader.submit(_read, job, work[index + 1][0]) if index + 1 < len(work) else None
-            outcome = read if isinstance(read, Exception) else _matte_frame(job, matte, frame, read, previous)
+            new_stream = not (job.temporal and continues(previous, frame, job.keyframe_interval))
+            outcome = read if isinstance(read, Exception) else _matte_frame(job, matte, frame, read, new_stream)
+            if not isinstance(outcome, Exception) and not (new_stream or outcome[1].continued):
+                say(f"{_frame_label(frame)}: the engine no longer held this stream's state (evicted or restarted); "
+                    f"matting frames {stream_start}-{previous} again first")
+                outcome = _resume(job, matte, frame, read, stream_start, summary)
             if isinstance(outcome, Exception):
                 say(f"error: {outcome}" if write else f"pre-roll {_frame_label(frame)} skipped: {outcome}")
                 if write:
@@ -121,8 +132,10 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
                 previous = None
             else:
                 alpha, stats = outcome
+                if new_stream:
+                    stream_start = frame
                 previous = frame
-                if getattr(stats, "note", ""):
+                if stats.note:
                     say(f"{_frame_label(frame)}: {stats.note}")
                 if write:
                     _write(job, frame, alpha)
@@ -137,16 +150,39 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
     return summary
 
 
-def _matte_frame(job: MatteJob, matte: FrameMatter, frame, read: tuple, previous):
-    """(alpha, stats) of a frame read as ``read``, continuing the stream from frame ``previous``
-    when it may, or a FrameError naming the file whose pixels the model cannot take."""
+def _matte_frame(job: MatteJob, matte: FrameMatter, frame, read: tuple, new_stream: bool):
+    """(alpha, stats) of a frame read as ``read``, or a FrameError naming the file whose pixels the
+    model cannot take."""
     pixels, prior = read
-    contiguous = previous is not None and frame is not None and frame == previous + 1
-    keyframe = job.keyframe_interval > 0 and frame is not None and frame % job.keyframe_interval == 0
     try:
-        return matte(pixels, frame, new_stream=keyframe or not (job.temporal and contiguous), prior=prior)
+        return matte(pixels, frame, new_stream=new_stream, prior=prior)
     except FrameError as exc:
         return FrameError(f"cannot matte '{job.input.path(frame)}': {exc}")
+
+
+def _resume(job: MatteJob, matte: FrameMatter, frame: int, read: tuple, stream_start: int, summary: JobSummary):
+    """``frame`` matted again after the frames of its stream before it, from ``stream_start``, as
+    one uninterrupted run mattes it; a FrameError when one of them fails or the state is lost
+    again (a memory budget too small for one stream, say)."""
+    for number in range(stream_start, frame):
+        earlier = _read(job, number)
+        outcome = earlier if isinstance(earlier, Exception) else _matte_frame(job, matte, number, earlier,
+                                                                              number == stream_start)
+        if isinstance(outcome, Exception):
+            return FrameError(f"cannot resume the stream for {_frame_label(frame)}: frame {number}: {outcome}")
+        if number != stream_start and not outcome[1].continued:
+            return _lost_again(frame)
+        summary.prerolled += 1
+    outcome = _matte_frame(job, matte, frame, read, new_stream=False)
+    if isinstance(outcome, Exception) or outcome[1].continued:
+        return outcome
+    return _lost_again(frame)
+
+
+def _lost_again(frame: int) -> FrameError:
+    return FrameError(f"cannot matte {_frame_label(frame)} as one uninterrupted run would: the engine lost this "
+                      f"stream's temporal state again (its memory budget may be too small for one stream, or it "
+                      f"restarted); see its log")
 
 
 def _write(job: MatteJob, frame, alpha: np.ndarray) -> None:
@@ -172,43 +208,3 @@ def _read(job: MatteJob, frame):
         return pixels, prior
     except (ImageReadError, OSError, ValueError) as exc:
         return exc
-
-
-class InProcessMatter:
-    """Keeps one stream's temporal state between calls and runs the model in this process."""
-
-    def __init__(self, matter):
-        self.matter = matter
-        self.state = None
-
-    def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None):
-        import torch
-
-        frame = torch.from_numpy(frame_rgb)
-        prior_t = None if prior is None else torch.from_numpy(prior)
-        alpha, state, stats = self.matter.matte(frame, None if new_stream else self.state, prior=prior_t)
-        self.state = state
-        return alpha.cpu().numpy(), stats
-
-
-class EngineMatter:
-    """The same through a running engine: one stream per job, pixels by shared memory when local."""
-
-    def __init__(self, client, stream: str, max_pixels: int | None = None):
-        self.client = client
-        self.stream = stream
-        self.max_pixels = max_pixels
-        self.transport = "shm" if client.address.startswith("ipc://") else "inline"
-
-    def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None):
-        from sparsemat.plugin.client import EngineError
-
-        try:
-            alpha, stats = self.client.matte(self.stream, 0 if frame is None else frame, frame_rgb,
-                                             transport=self.transport, colourspace="srgb", prior=prior,
-                                             temporal=not new_stream, max_pixels=self.max_pixels)
-        except EngineError as exc:
-            if exc.code != "bad_pixels":  # the engine's FrameError: the frame fails alone, as in process
-                raise
-            raise FrameError(str(exc)) from exc
-        return np.asarray(alpha, dtype=np.float32), SimpleNamespace(**stats)

@@ -26,21 +26,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .guided import refine_band
 from .model import SparseMat
 from .model.backends import make_plan
 from .model.lpn import resize_like
 from .model.sparse import Sites
-from .guided import refine_band
 from .sparsity import Masks, compose, sparsity_masks, spatial_band
+from .validation import MAX_PIXELS, MIN_PIXELS, FrameError, non_finite_values, prior_input_size
 
-MAX_PIXELS = 4_000_000
 CASCADE_SCALES = (0.25, 0.5, 1.0)
-PRIOR_SHORT_SIDE = 512
-# The prior network's memory grows with its input's long side (measured on CPU: about 0.3 GB per
-# 1024 px). 4096, a frame of up to about 8:1, is nearly three times the widest camera format
-# (2.76:1 gives 1440) and costs about 1.3 GB; a 700x3 strip would need 119488 px, tens of GB.
-PRIOR_MAX_LONG_SIDE = 4096
-MIN_PIXELS = 64
 
 
 @dataclass(frozen=True)
@@ -54,6 +48,10 @@ class MatteState:
     def size(self) -> tuple[int, int]:
         return tuple(self.frame.shape[2:])
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.frame, self.alpha))
+
 
 @dataclass
 class FrameStats:
@@ -62,6 +60,7 @@ class FrameStats:
     active_pixels: int = 0  # refined at full resolution (or at the scale the cascade used)
     spatial_pixels: int = 0  # dilated uncertain band
     temporal_pixels: int = 0  # dilated changed pixels; equals the frame without a previous frame
+    continued: bool = False  # the frame was given its stream's previous state
     reused: bool = False  # the previous frame's alpha was kept where nothing changed
     mode: str = "full"  # full | cascade | rescale | guided
     note: str = ""  # why temporal state was dropped, when it was
@@ -73,43 +72,15 @@ class FrameStats:
         return self.active_pixels / float(self.height * self.width)
 
 
-def prior_input_size(height: int, width: int) -> tuple[int, int]:
-    """The published rule: short side 512, each side rounded up to a multiple of 32. FrameError when
-    the long side would be over ``PRIOR_MAX_LONG_SIDE``."""
-    short = min(height, width)
-    size = (math.ceil(PRIOR_SHORT_SIDE / short * height / 32) * 32,
-            math.ceil(PRIOR_SHORT_SIDE / short * width / 32) * 32)
-    if max(size) > PRIOR_MAX_LONG_SIDE:
-        raise FrameError(f"the frame is {width}x{height}, too elongated for the prior network, which would see it "
-                         f"at {size[1]}x{size[0]}: over {PRIOR_MAX_LONG_SIDE} px on the long side (frames up to "
-                         f"about {PRIOR_MAX_LONG_SIDE // PRIOR_SHORT_SIDE}:1 can be matted)")
-    return size
-
-
-class FrameError(ValueError):
-    """The frame (or the prior given with it) cannot be matted: it holds NaN or infinite values, or
-    its aspect ratio is too extreme for the prior network."""
-
-
-def non_finite_values(pixels: torch.Tensor) -> str | None:
-    """'N NaN/infinite pixel values (first at x=X, y=Y)' for (H, W) or (H, W, C) ``pixels``; None if all are finite."""
-    bad = ~torch.isfinite(pixels)
-    count = int(bad.sum())
-    if count == 0:
-        return None
-    if bad.dim() == 3:
-        bad = bad.any(dim=2)
-    # Row-major order, so the first bad pixel is the top-most, then left-most one.
-    y, x = divmod(int(torch.argmax(bad.flatten().to(torch.uint8))), bad.shape[1])
-    return f"{count} NaN/infinite pixel values (first at x={x}, y={y})"
-
-
 def _finite_range(values: torch.Tensor, source: torch.Tensor, name: str) -> tuple[float, float]:
     """(min, max) of ``values`` in one pass; NaN reaches both, so a non-finite one raises FrameError
-    naming the first bad pixel of ``source`` (what ``values`` were computed from)."""
+    naming the first bad pixel of ``source`` (what ``values`` were computed from). Values that
+    overflowed from huge finite ones (3e38 doubled) are infinite but not an error: they clip."""
     low, high = (value.item() for value in torch.aminmax(values))
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise FrameError(f"the {name} has {non_finite_values(source)}")
+        bad = non_finite_values(source.cpu().numpy())
+        if bad is not None:
+            raise FrameError(f"the {name} has {bad}")
     return low, high
 
 
@@ -151,23 +122,16 @@ def checked_prior(prior: torch.Tensor) -> torch.Tensor:
 
 class Matter:
     """``model`` None: the weight-free guided refiner, which needs a prior with every frame; it
-    keeps the same band and temporal rules, and its cost follows the band, so it has no cascade."""
+    keeps the same band and temporal rules, and its cost follows the band, so it has no cascade.
+    Holds no temporal state: that is the caller's value (see the module's docstring)."""
 
     def __init__(self, model: SparseMat | None, device: str | torch.device = "cpu", max_pixels: int = MAX_PIXELS,
                  backend: str = "torch", half: bool = False):
-        if max_pixels < MIN_PIXELS:
-            raise ValueError(f"max_pixels must be at least {MIN_PIXELS} (one 8 x 8 tile)")
         self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.model = None if model is None else model.to(self.device, self.dtype).eval()
-        self.max_pixels = max_pixels
+        self.max_pixels = _checked_budget(max_pixels)
         self.backend = backend
-
-    def with_budget(self, max_pixels: int | None) -> "Matter":
-        """The same model with another ``max_pixels`` (None keeps this one's)."""
-        if max_pixels is None or max_pixels == self.max_pixels:
-            return self
-        return Matter(self.model, self.device, max_pixels, self.backend, self.dtype == torch.float16)
 
     @contextmanager
     def _stage(self, stats: FrameStats, name: str):
@@ -179,30 +143,30 @@ class Matter:
 
     @torch.no_grad()
     def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None, prior: torch.Tensor | None = None,
-              out: torch.Tensor | None = None) -> tuple[torch.Tensor, MatteState, FrameStats]:
+              max_pixels: int | None = None) -> tuple[torch.Tensor, MatteState, FrameStats]:
         """``frame_rgb``: (H, W, 3) float RGB, display-encoded; values outside [0, 1] are clipped, NaN or
-        infinity raise FrameError. It is only read, never kept. Returns alpha (H, W) float32.
+        infinity raise FrameError. It is only read, never kept. Returns alpha (H, W) float32, the
+        state to pass with the stream's next frame, and the frame's stats.
 
         ``prior``: an optional coarse alpha (h, w) at any resolution; it replaces the prior
         network's alpha (band and refiner input), the network still supplies the context.
-        Clipped to [0, 1]; NaN or infinity raise FrameError.
-        Required without a model.
+        Clipped to [0, 1]; NaN or infinity raise FrameError. Required without a model.
 
-        ``out``: an optional (H, W) float32 tensor on the device to write the alpha into (it may
-        hold ``state``'s alpha); the returned alpha and the state's are then ``out`` itself, so
-        the state is only valid while ``out`` keeps those values.
+        ``max_pixels``: this frame's refinement budget (default: the Matter's).
         """
         if self.model is None and prior is None:
             raise ValueError("the guided refiner (no checkpoint) needs a prior alpha for every frame")
+        budget = self.max_pixels if max_pixels is None else _checked_budget(max_pixels)
         height, width = frame_rgb.shape[:2]
-        stats = FrameStats(height, width)
+        prior_input = prior_input_size(height, width)  # every model refuses what the prior network cannot take
+        stats = FrameStats(height, width, continued=state is not None)
         if state is not None and state.size != (height, width):
             stats.note = f"frame size {width}x{height} differs from the previous {state.size[1]}x{state.size[0]}: new stream"
             state = None
         image = normalize(frame_rgb.to(self.device, torch.float32))
 
         with self._stage(stats, "prior"):
-            prior_lr, context = self._prior(image) if self.model is not None else (None, None)
+            prior_lr, context = self._prior(image, prior_input) if self.model is not None else (None, None)
             if prior is not None:
                 prior_lr = checked_prior(prior.to(self.device, torch.float32))[None, None]
             prior = resize_like(prior_lr, image)
@@ -213,7 +177,7 @@ class Matter:
             stats.temporal_pixels = height * width if masks.changed is None else int(masks.changed.sum().item())
             stats.masks = masks
 
-        if n_active <= self.max_pixels or self.model is None:
+        if n_active <= budget or self.model is None:
             stats.active_pixels = n_active
             stats.reused = state is not None
             with self._stage(stats, "refine"):
@@ -223,16 +187,13 @@ class Matter:
                 else:
                     refined = self._refine(image, prior, masks.refine, context)
             with self._stage(stats, "compose"):
-                alpha = compose(refined, masks, prior, None if state is None else state.alpha,
-                                out=None if out is None else out[None, None])
+                alpha = compose(refined, masks, prior, None if state is None else state.alpha)
         else:  # the cascade computes the frame afresh: nothing of the previous frame is reused
-            alpha = self._over_budget(image, prior_lr, context, n_active, stats)
-            if out is not None:
-                alpha = out[None, None].copy_(alpha)
+            alpha = self._over_budget(image, prior_lr, context, n_active, budget, stats)
         return alpha[0, 0], MatteState(image, alpha), stats
 
-    def _prior(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        small = F.interpolate(image, size=prior_input_size(*image.shape[2:]), mode="bilinear", align_corners=False)
+    def _prior(self, image: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        small = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
         prior, context = self.model.lpn(small.to(self.dtype))
         return prior.float(), context.float()
 
@@ -247,43 +208,65 @@ class Matter:
         alpha = self.model.shm(inputs.to(self.dtype), plan, context.to(self.dtype), prior.to(self.dtype))
         return sites.scatter(alpha.float())[None, None]
 
-    def _refine_scaled(self, image, prior_lr, context, size=None, scale=None):
-        """Refine the band at a reduced size (no temporal reuse): the composed alpha and its band size."""
+    def _refine_scaled(self, image, prior_lr, context, budget, size=None, scale=None):
+        """Refine the band at a reduced size (no temporal reuse): the composed alpha and its band
+        size, or None and the band size when the band is over ``budget``."""
         scaled = F.interpolate(image, size=size, scale_factor=scale, mode="bilinear", align_corners=False)
         prior = resize_like(prior_lr, scaled)
         band = spatial_band(prior)
         n_band = int(band.sum().item())
-        if n_band > self.max_pixels:
+        if n_band > budget:
             return None, n_band
         masks = Masks(band, band, None, None)
         return compose(self._refine(scaled, prior, band, context), masks, prior, None), n_band
 
-    def _over_budget(self, image, prior_lr, context, n_active, stats) -> torch.Tensor:
+    def _over_budget(self, image, prior_lr, context, n_active, budget, stats) -> torch.Tensor:
         height, width = image.shape[2:]
         result = None
         with self._stage(stats, "refine"):
             stats.mode = "cascade"
             current = prior_lr
             for scale in CASCADE_SCALES:
-                composed, n_band = self._refine_scaled(image, current, context, scale=scale)
+                composed, n_band = self._refine_scaled(image, current, context, budget, scale=scale)
                 if composed is None:
                     break
                 current = result = composed
                 stats.active_pixels = n_band
             if result is None:
                 stats.mode = "rescale"
-                result, stats.active_pixels = self._rescale(image, prior_lr, context, n_active)
+                result, stats.active_pixels = self._rescale(image, prior_lr, context, n_active, budget)
         with self._stage(stats, "compose"):
             return F.interpolate(result, size=(height, width), mode="bilinear", align_corners=False)
 
-    def _rescale(self, image, prior_lr, context, n_active):
+    def _rescale(self, image, prior_lr, context, n_active, budget):
         """The published rescale: shrink by sqrt(budget / active), sides to multiples of 8; shrink
         again while the band (fixed in pixels, so relatively wider) is still over budget."""
         height, width = image.shape[2:]
-        scale = math.sqrt(self.max_pixels / float(n_active))
+        scale = math.sqrt(budget / float(n_active))
         while True:
             size = (max(8, math.ceil(int(scale * height) / 8) * 8), max(8, math.ceil(int(scale * width) / 8) * 8))
-            composed, n_band = self._refine_scaled(image, prior_lr, context, size=size)
-            if composed is not None:  # always by 8 x 8, since max_pixels >= MIN_PIXELS
+            composed, n_band = self._refine_scaled(image, prior_lr, context, budget, size=size)
+            if composed is not None:  # always by 8 x 8, since the budget is at least MIN_PIXELS
                 return composed, n_band
-            scale *= 0.9 * math.sqrt(self.max_pixels / float(n_band))
+            scale *= 0.9 * math.sqrt(budget / float(n_band))
+
+
+def _checked_budget(max_pixels: int) -> int:
+    if max_pixels < MIN_PIXELS:
+        raise ValueError(f"max_pixels must be at least {MIN_PIXELS} (one 8 x 8 tile)")
+    return max_pixels
+
+
+class InProcessMatter:
+    """A matte job's frames through a Matter in this process: keeps the job's one stream's state
+    between calls, as the engine's stream store does for its streams."""
+
+    def __init__(self, matter: Matter):
+        self.matter = matter
+        self.state: MatteState | None = None
+
+    def __call__(self, frame_rgb, frame: int | None, new_stream: bool, prior=None):
+        image = torch.from_numpy(frame_rgb)
+        coarse = None if prior is None else torch.from_numpy(prior)
+        alpha, self.state, stats = self.matter.matte(image, None if new_stream else self.state, prior=coarse)
+        return alpha.cpu().numpy(), stats

@@ -1,23 +1,39 @@
 """Per-stream temporal state held by the engine, with least-recently-used eviction.
 
-A stream is the host's name for one sequence (script, node, view). Its entry holds
-the previous frame's :class:`MatteState` on the device and the last reply, so that
-a client retry of the same request gets the same answer without a second compute.
-A state's alpha may lie in a client's shared-memory slot (see ``before_slot_write`` and
-``release``).
+A stream is the host's name for one sequence (script, node, view). Its entry holds the
+previous frame's :class:`MatteState` (the engine's own tensors: no client can touch them)
+and the reply to its last request, so that a client retry of that request gets the same
+answer without a second compute.
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from sparsemat.plugin.frames import continues
 
 from .matting import MatteState
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger("sparsemat.engine")
+
+
+@dataclass(frozen=True)
+class CachedReply:
+    """The reply to a stream's last request, for a retry of it. ``shm_alpha``: where the alpha went
+    in the client's shared memory, (block, offset, dtype name), or None when it went inline;
+    ``alpha``: the alpha itself (the state's), to write there again, since the client may have
+    reused that slot since the reply it lost."""
+
+    key: tuple  # what makes a request the same request (see the server's retry rule)
+    frames: list
+    shm_alpha: tuple | None = None
+    alpha: torch.Tensor | None = None
 
 
 @dataclass
@@ -25,23 +41,11 @@ class Stream:
     state: MatteState | None = None
     frame: int | None = None
     last_used: float = 0.0
-    # (request id, reply frames, (block, offset, dtype, alpha) when the alpha went to shared memory, else None)
-    last_reply: tuple | None = None
+    last_reply: CachedReply | None = None
 
     @property
     def nbytes(self) -> int:
-        if self.state is None:
-            return 0
-        return sum(t.numel() * t.element_size() for t in (self.state.frame, self.state.alpha))
-
-
-def _overlaps(tensor: torch.Tensor, start: int, end: int) -> bool:
-    first = tensor.data_ptr()
-    return first < end and start < first + tensor.numel() * tensor.element_size()
-
-
-def is_keyframe(frame: int, keyframe_interval: int) -> bool:
-    return keyframe_interval > 0 and frame % keyframe_interval == 0
+        return 0 if self.state is None else self.state.nbytes
 
 
 class StreamStore:
@@ -62,9 +66,10 @@ class StreamStore:
         """The stream, if it is held; a request that fails creates none."""
         return self._streams.get(stream_id)
 
-    def previous_state(self, stream: Stream, frame: int, temporal: bool, keyframe_interval: int) -> MatteState | None:
+    def previous_state(self, stream: Stream | None, frame: int, temporal: bool, keyframe_interval: int
+                       ) -> MatteState | None:
         """The state to continue from, or None to start over (the size check is the Matter's)."""
-        if not temporal or stream.frame is None or frame != stream.frame + 1 or is_keyframe(frame, keyframe_interval):
+        if stream is None or not temporal or not continues(stream.frame, frame, keyframe_interval):
             return None
         return stream.state
 
@@ -78,48 +83,6 @@ class StreamStore:
         self._streams[stream_id] = stream
         self.evict(keep=stream_id)
         return stream
-
-    def before_slot_write(self, start: int, end: int, stream_id: str) -> None:
-        """``stream_id``'s alpha is about to be written into memory [start, end), a client's slot:
-        other streams whose alpha lies there get a copy of their own, and their cached replies
-        there are dropped (their client has moved on from them). The stream's own state is
-        read before it is overwritten (``compose``)."""
-        for other_id, stream in self._streams.items():
-            if other_id != stream_id:
-                self._release(stream, start, end, copy=True, keep_reply=False)
-
-    def release(self, start: int, end: int, copy: bool) -> None:
-        """Memory [start, end) of a client's block is about to be unmapped (``copy``: alphas that lie
-        there are copied out, cached replies follow them), or no longer holds them (the block
-        shrank, a request's pixels lie there now, or the engine is stopping): those states and
-        replies are forgotten, and the stream's next frame is computed in full."""
-        for stream in self._streams.values():
-            self._release(stream, start, end, copy, keep_reply=copy)
-
-    def _release(self, stream: Stream, start: int, end: int, copy: bool, keep_reply: bool) -> None:
-        kept = None if stream.state is None else stream.state.alpha
-        if kept is not None and _overlaps(kept, start, end):
-            if copy:
-                stream.state = replace(stream.state, alpha=kept.clone())
-            else:
-                self._forget_state(stream)
-        if stream.last_reply is None or stream.last_reply[2] is None:
-            return
-        request_id, frames, (block, offset, dtype, alpha) = stream.last_reply
-        if not _overlaps(alpha, start, end):
-            return
-        if not keep_reply:
-            stream.last_reply = None
-            return
-        if kept is not None and alpha.data_ptr() == kept.data_ptr():
-            alpha = stream.state.alpha[0, 0]  # the reply's alpha is the state's, copied above: follow it
-        else:
-            alpha = alpha.clone()
-        stream.last_reply = (request_id, frames, (block, offset, dtype, alpha))
-
-    def _forget_state(self, stream: Stream) -> None:
-        self.memory_bytes -= stream.nbytes
-        stream.state = None
 
     def reset(self, stream_id: str) -> bool:
         return self._drop(stream_id) is not None
@@ -145,5 +108,7 @@ class StreamStore:
                 log.info("evicted stream %r: memory budget of %d bytes reached", stream_id, self.budget_bytes)
         if keep in self._streams and self.memory_bytes > self.budget_bytes:
             # One stream alone is over budget: keep its position, drop its state (next frame computes in full).
-            self._forget_state(self._streams[keep])
+            stream = self._streams[keep]
+            self.memory_bytes -= stream.nbytes
+            stream.state = None
             log.warning("stream %r alone exceeds the memory budget; its temporal state is dropped", keep)

@@ -9,8 +9,9 @@ take a long time on a CPU engine, so while waiting the client pings ``status``
 engine's silence, not the frame's compute time. Each ping names the request it
 waits for, and an engine that does not hold it (one restarted since, or one that
 could not read it) says so: the request is sent again at once instead of waiting
-on an engine that will never answer it. Retries reuse the request id; the engine
-answers a repeated id from its cache instead of computing twice.
+on an engine that will never answer it. Retries send the same message again from the
+same routing id (one per client, kept across reconnects); the engine answers a repeated
+request from its cache instead of computing twice.
 """
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ class EngineClient:
         self._socket: zmq.Socket | None = None
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        # Unique across clients and processes: the engine answers a repeated id from its cache.
+        # Unique across clients and processes: request ids and the routing id the engine knows this
+        # client by, across its reconnects (a retry is answered from the engine's cache).
         self._prefix = uuid.uuid4().hex
         # Shared-memory blocks by role: "image" (with the alpha slots) and "prior".
         self._blocks: dict[str, SharedBlock] = {}
@@ -119,18 +121,16 @@ class EngineClient:
               prior_path: str | None = None,
               temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
               max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
-        """Alpha (H, W, read-only) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
+        """Alpha (H, W; copy it to change it) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
         C in 1, 3, 4, sent ``inline`` or through ``shm`` (shared memory, for an engine on this Linux
         machine; inline elsewhere, and, with a logged warning, when the system has no room for the
         block); or ``path`` of a file the engine reads.
         The optional coarse alpha: ``prior`` ((H, W) or (H, W, 1) at any resolution, of the image's
         dtypes, integers scaled to [0, 1] as the image's are; float64 is sent as float32), sent by
         ``transport`` as the image is, in a block of its own through ``shm``; or ``prior_path`` (a file).
-        Through ``shm`` the alpha is a read-only view of this client's block, not a copy; it stays valid
-        for as long as anything refers to it (see shared_block.py). Never write into it, not even
-        through ``torch.from_numpy`` (which warns that it cannot protect it): the engine may keep
-        it as the stream's state, and the page is mapped read-only (a write is a crash). Write
-        into ``alpha.copy()``."""
+        Through ``shm`` the alpha is a view of this client's block, not a copy; it stays valid for
+        as long as anything refers to it, and its slot is reused only once nothing does (see
+        shared_block.py). Keep ``alpha.copy()`` to collect many."""
         header = {"op": "matte", "stream": stream, "frame": int(frame), "temporal": temporal,
                   "keyframe_interval": keyframe_interval, "alpha_dtype": alpha_dtype}
         if colourspace is not None:
@@ -152,7 +152,6 @@ class EngineClient:
                 slot = self._blocks["image"].free_slot() if header["image"]["transport"] == "shm" else None
                 if slot is not None:  # else every slot's alpha is still held: this one comes inline
                     header["alpha_shm_offset"] = self._blocks["image"].slot_offset(slot)
-                    header["slots_read_only"] = True  # alphas are lent as read-only views
             if prior_path is not None:
                 header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
             elif prior is not None:
@@ -293,6 +292,7 @@ class EngineClient:
     def _connect(self) -> zmq.Socket:
         if self._socket is None:
             socket = self._context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.ROUTING_ID, self._prefix.encode())
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
             socket.setsockopt(zmq.SNDHWM, 16)

@@ -1,4 +1,5 @@
-"""Frame ranges and keyframe pre-roll: one grammar and one rule for the command line and the hosts.
+"""Frame ranges, the temporal continuity rule and keyframe pre-roll: one grammar and one rule
+for the command line, the engine and the hosts.
 
 Plain Python (the Nuke integration imports it before the engine client's packages).
 """
@@ -36,6 +37,18 @@ def parse_frame_range(text: str) -> list[int]:
     return sorted(frames)
 
 
+def is_keyframe(frame: int, keyframe_interval: int) -> bool:
+    """Whether ``frame`` starts its stream afresh: a multiple of ``keyframe_interval`` (0: none is)."""
+    return keyframe_interval > 0 and frame % keyframe_interval == 0
+
+
+def continues(previous: int | None, frame: int | None, keyframe_interval: int) -> bool:
+    """Whether ``frame`` continues a temporal stream whose last frame is ``previous``: it is the next
+    frame number and not a keyframe. Anything else (a jump, a repeat, a first frame) starts over."""
+    return (previous is not None and frame is not None and frame == previous + 1
+            and not is_keyframe(frame, keyframe_interval))
+
+
 def with_preroll(frames: list[int], keyframe_interval: int, available: Callable[[int], bool],
                  previous: int | None = None) -> list[tuple[int, bool]]:
     """(frame, asked for) in the order to matte them, so that each frame's alpha is what a run over
@@ -45,9 +58,9 @@ def with_preroll(frames: list[int], keyframe_interval: int, available: Callable[
     ``previous`` when that is nearer, no further back than ``available`` says inputs exist."""
     work: list[tuple[int, bool]] = []
     for frame in frames:
-        if keyframe_interval > 0 and (previous is None or frame != previous + 1):
+        if keyframe_interval > 0 and not continues(previous, frame, keyframe_interval):
             start = frame
-            while start % keyframe_interval != 0 and available(start - 1):
+            while not is_keyframe(start, keyframe_interval) and available(start - 1):
                 start -= 1
             if previous is not None and start <= previous < frame:
                 start = previous + 1  # the stream's state at ``previous`` is already the right one

@@ -2,21 +2,16 @@
 
 Layout: the frame from offset 0, then ``ALPHA_SLOTS`` slots for a float32 alpha (none in the
 block that carries a prior). The engine reads the frame in place and writes the alpha into
-the slot a request names. The alpha the client returns is a read-only view of its slot, so it
-is never copied; a slot is used again only once nothing refers to that view any more (nor to
-any array, view, memoryview or tensor made from it). A caller that holds more alphas than
-there are slots gets the next one inline.
-
-The views come from a second mapping of the block, made read-only: an engine may keep the
-stream's alpha in its slot as the stream's temporal state (the client promises it with
-``slots_read_only``), so a caller that flipped a view's ``writeable`` flag and wrote into it
-would silently change the stream's next frame; numpy refuses to make these views writeable.
+the slot a request names; it keeps nothing of its own in the block. The alpha the client
+returns is a view of its slot, so it is never copied; a slot is used again only once nothing
+refers to that view any more (nor to any array, view, memoryview or tensor made from it). A
+caller that holds more alphas than there are slots gets the next one inline.
 
 How liveness is known: each view is made by its own ``np.frombuffer`` call, whose array keeps
 a memoryview of its own of the mapping as its base; every array, view or tensor made from
 the alpha keeps that memoryview alive, and a weak reference to it says when the last is gone.
-The memoryview also holds an export on the mapping, so the mapping outlives the block: an
-alpha stays valid after the block is closed and unlinked.
+The memoryview also keeps the mapping itself alive, so an alpha stays valid after the block
+is closed and unlinked.
 
 Linux only (the block is a file in /dev/shm, as the engine finds it): the client uses blocks only there.
 """
@@ -24,13 +19,15 @@ from __future__ import annotations
 
 import mmap
 import os
+import uuid
 import weakref
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker
 
 import numpy as np
 
 ALPHA_SLOTS = 2  # one alpha held by the caller while the next is computed, as a loop does
 _ALIGN = 64
+SHM_FOLDER = "/dev/shm"
 
 
 def _aligned(nbytes: int) -> int:
@@ -44,36 +41,29 @@ class SharedBlock:
         self.frame_bytes = _aligned(frame_bytes)
         self.slot_bytes = _aligned(alpha_bytes)
         size = self.frame_bytes + ALPHA_SLOTS * self.slot_bytes
-        self._memory = shared_memory.SharedMemory(create=True, size=size)
+        self.name = f"sparsemat-{uuid.uuid4().hex[:16]}"
+        self._path = os.path.join(SHM_FOLDER, self.name)
+        descriptor = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            self._lending_map = self._reserve_and_map(size)
-        except OSError:
-            self._memory.close()
-            self._memory.unlink()
-            raise
-        self._lent: list[weakref.ref | None] = [None] * ALPHA_SLOTS
-
-    def _reserve_and_map(self, size: int) -> mmap.mmap | None:
-        """Back every page now: tmpfs hands pages out on first write, and a write past a full
-        /dev/shm (a container's is often 64 MiB) kills the process with SIGBUS; reserving turns
-        that into an OSError here. Returns the mapping alphas are lent from (None for a block
-        without alpha slots)."""
-        descriptor = os.open(os.path.join("/dev/shm", self._memory.name.lstrip("/")), os.O_RDWR)
-        try:
+            # Back every page now: tmpfs hands pages out on first write, and a write past a full
+            # /dev/shm (a container's is often 64 MiB) kills the process with SIGBUS; reserving
+            # turns that into an OSError here.
             os.posix_fallocate(descriptor, 0, size)
-            return mmap.mmap(descriptor, size, prot=mmap.PROT_READ) if self.slot_bytes else None
+            self._map = mmap.mmap(descriptor, size)
+        except OSError:
+            os.unlink(self._path)
+            raise
         finally:
             os.close(descriptor)
-
-    @property
-    def name(self) -> str:
-        return self._memory.name
+        # As multiprocessing.shared_memory does: a client that dies without closing leaves no block.
+        resource_tracker.register("/" + self.name, "shared_memory")
+        self._lent: list[weakref.ref | None] = [None] * ALPHA_SLOTS
 
     def fits(self, frame_bytes: int, alpha_bytes: int) -> bool:
         return frame_bytes <= self.frame_bytes and alpha_bytes <= self.slot_bytes
 
     def write_pixels(self, pixels: np.ndarray) -> None:
-        np.frombuffer(self._memory.buf, dtype=pixels.dtype, count=pixels.size)[:] = pixels.reshape(-1)
+        np.frombuffer(self._map, dtype=pixels.dtype, count=pixels.size)[:] = pixels.reshape(-1)
 
     def free_slot(self) -> int | None:
         """A slot no returned alpha uses any more, or None."""
@@ -86,14 +76,17 @@ class SharedBlock:
         return self.frame_bytes + slot * self.slot_bytes
 
     def alpha(self, slot: int, dtype, shape: tuple[int, int]) -> np.ndarray:
-        """A read-only view of ``slot`` as the alpha the engine writes there, lent until dropped:
-        it may be made before the engine has written the slot (it reads nothing)."""
-        alpha = np.frombuffer(self._lending_map, dtype=dtype, count=shape[0] * shape[1], offset=self.slot_offset(slot))
+        """A view of ``slot`` as the alpha the engine writes there, lent until dropped: it may be
+        made before the engine has written the slot (it reads nothing)."""
+        alpha = np.frombuffer(self._map, dtype=dtype, count=shape[0] * shape[1], offset=self.slot_offset(slot))
         self._lent[slot] = weakref.ref(alpha.base)
         return alpha.reshape(shape)
 
     def close(self) -> None:
-        """Unlink the block; alphas lent from it stay valid (their mapping lives as long as they do)."""
-        self._memory.close()
-        self._memory.unlink()
-        self._lending_map = None
+        """Unlink the block; alphas lent from it stay valid (the mapping lives as long as they do)."""
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+        resource_tracker.unregister("/" + self.name, "shared_memory")
+        self._map = None

@@ -64,12 +64,17 @@ def assert_faithful(alpha: np.ndarray, ref: np.ndarray, label: str = "") -> None
     assert diff.mean() <= 1e-4 and within >= 0.999, f"{label}: mean {diff.mean():.2e}, within 1e-3: {within:.4%}"
 
 
+# Test engines exit on their own once idle this long, so an interrupted run leaves no daemon behind.
+TEST_ENGINE_IDLE_EXIT = ("--exit-when-idle", "300")
+
+
 def start_engine(address: str, checkpoint, runtime, *options) -> int:
-    """A real engine daemon through ``sparsemat engine start``; returns its pid."""
+    """A real engine daemon through ``sparsemat engine start``; returns its pid. ``options`` may
+    give another ``--exit-when-idle`` (the last one given counts)."""
     from sparsemat.plugin.client import EngineClient
 
-    result = run_cli("engine", "start", "--address", address, "--checkpoint", checkpoint, "--device", "cpu", *options,
-                     env={"XDG_RUNTIME_DIR": str(runtime)})
+    result = run_cli("engine", "start", "--address", address, "--checkpoint", checkpoint, "--device", "cpu",
+                     *TEST_ENGINE_IDLE_EXIT, *options, env={"XDG_RUNTIME_DIR": str(runtime)})
     assert result.returncode == 0, result.stderr
     return EngineClient(address).hello()["pid"]
 

@@ -8,7 +8,7 @@ import torch
 
 from conftest import FIXTURES
 from sparsemat.engine.model import CheckpointError, SparseMat
-from sparsemat.engine.model.checkpoint import SPCONV1_OVERSIZED, save
+from sparsemat.engine.model.checkpoint import SPCONV1_OVERSIZED
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +95,3 @@ def test_non_finite_weights_are_refused(tmp_path, published):
 def test_not_a_state_dict(tmp_path):
     with pytest.raises(CheckpointError, match="holds a list"):
         load(tmp_path, [1, 2, 3])
-
-
-def test_our_own_format_round_trips(tmp_path, seed1_model):
-    path = tmp_path / "ours.pth"
-    save(seed1_model, str(path))
-    again = SparseMat.from_checkpoint(str(path))
-    for key, value in seed1_model.state_dict().items():
-        assert torch.equal(again.state_dict()[key], value), key

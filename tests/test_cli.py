@@ -195,8 +195,8 @@ def test_bad_input_colourspace_is_refused_before_any_work(clip, tmp_path, seed1_
 def test_progress_counts_a_frame_once_it_is_finished(clip, tmp_path, seed1_model, monkeypatch):
     import tqdm
 
-    from sparsemat.engine.job import InProcessMatter, MatteJob, run_job
-    from sparsemat.engine.matting import Matter
+    from sparsemat.engine.job import MatteJob, run_job
+    from sparsemat.engine.matting import InProcessMatter, Matter
     from sparsemat.engine.sequence import parse_pattern
 
     bars = []

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparsemat.engine.matting import FrameError, Matter, normalize, prior_input_size
+from sparsemat.engine.matting import Matter, normalize
+from sparsemat.engine.validation import FrameError, prior_input_size
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +46,21 @@ def test_static_frame_reuses_previous_alpha_without_refining(seed1_model, frames
     assert torch.equal(again, first)
 
 
-@pytest.mark.parametrize("max_pixels", [None, 1000])  # composed, and the over-budget cascade
-def test_an_out_tensor_receives_the_alpha_and_holds_the_state(seed1_model, frames, max_pixels):
-    """The engine composes a stream's alpha straight into a client's slot: the state then lives
-    there, and the next frame may write its alpha over the state it reads."""
-    matter = Matter(seed1_model).with_budget(max_pixels)
-    expected = []
-    state = None
-    for frame in (frames[0], frames[0], frames[1]):
-        alpha, state, _ = matter.matte(frame, state)
-        expected.append(alpha)
-    out = torch.full(frames[0].shape[:2], -1.0)
-    state = None
-    for index, frame in enumerate((frames[0], frames[0], frames[1])):
-        alpha, state, stats = matter.matte(frame, state, out=out)
-        assert alpha.data_ptr() == out.data_ptr() == state.alpha.data_ptr()
-        assert torch.equal(out, expected[index]), f"frame {index}"
-    assert max_pixels is not None or stats.reused  # the last frame read the state it overwrote
+def test_a_budget_given_with_the_frame_equals_a_matter_built_with_it(seed1_model, frames):
+    """The engine keeps one Matter and passes each request's budget with the frame."""
+    built = Matter(seed1_model, max_pixels=1000).matte(frames[0])
+    passed = Matter(seed1_model).matte(frames[0], max_pixels=1000)
+    assert built[2].mode == passed[2].mode == "rescale" and torch.equal(built[0], passed[0])
+    with pytest.raises(ValueError, match="at least 64"):
+        Matter(seed1_model).matte(frames[0], max_pixels=10)
+
+
+def test_the_state_is_a_value_the_next_frame_never_changes(seed1_model, frames):
+    matter = Matter(seed1_model)
+    alpha, state, _ = matter.matte(frames[0])
+    kept = state.alpha.clone()
+    matter.matte(frames[1], state)
+    assert torch.equal(state.alpha, kept) and torch.equal(alpha, kept[0, 0])
 
 
 def test_budget_below_the_quarter_scale_band_still_gives_a_full_size_matte(seed1_model, frames):

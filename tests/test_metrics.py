@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sparsemat.engine import metrics
-from sparsemat.engine.cli import UsageError
+from sparsemat.engine.validation import UsageError
 from sparsemat.engine.evaluate import add_eval_command
 from sparsemat.engine.imageio import write_alpha
 from sparsemat.engine.metrics import (

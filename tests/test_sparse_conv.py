@@ -131,7 +131,7 @@ class OneLevelPlan:
 def test_layer4_downsample_runs_on_conv1s_dilation_2_rulebook():
     """spconv 1.x reused conv1's dilation-2 rulebook for layer4.0's downsample (shared indice key):
     the block must equal dense convolutions with the downsample dilated too."""
-    from sparsemat.engine.model.shm import SparseResNet18
+    from sparsemat.engine.model.refiner import SparseResNet18
 
     generator = torch.Generator().manual_seed(5)
     block = SparseResNet18().layer4[0].double().eval()

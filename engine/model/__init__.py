@@ -5,7 +5,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_into
 from .lpn import PriorNetwork
-from .shm import SparseRefiner
+from .refiner import SparseRefiner
 
 
 class SparseMat(nn.Module):
@@ -14,7 +14,7 @@ class SparseMat(nn.Module):
     def __init__(self):
         super().__init__()
         self.lpn = PriorNetwork()
-        self.shm = SparseRefiner()
+        self.shm = SparseRefiner()  # "shm": the published checkpoint's name for the refiner
 
     @classmethod
     def from_checkpoint(cls, path: str) -> "SparseMat":

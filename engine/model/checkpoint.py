@@ -1,4 +1,4 @@
-"""Checkpoint loading: the published SparseMat format and our own.
+"""Checkpoint loading: the published SparseMat format.
 
 The published file is a state_dict (possibly under ``state_dict`` or
 ``model_state_dict``, keys possibly prefixed ``module.``) whose sparse
@@ -13,9 +13,6 @@ import os
 from collections import OrderedDict
 
 import torch
-
-OUR_FORMAT = "sparsemat-vfx"
-OUR_FORMAT_VERSION = 1
 
 # Keys the published checkpoint carries that inference never uses (a training-only head).
 UNUSED_PREFIXES = ("lpn.aux_head.",)
@@ -44,15 +41,13 @@ def _read(path: str) -> dict:
     return payload
 
 
-def _unwrap(payload: dict) -> tuple[dict, bool]:
-    """(state_dict, is_ours)."""
-    if payload.get("format") == OUR_FORMAT:
-        return payload["state_dict"], True
+def _unwrap(payload: dict) -> dict:
+    """The state_dict, unwrapped and without ``module.`` prefixes."""
     for wrapper in ("state_dict", "model_state_dict"):
         if isinstance(payload.get(wrapper), dict):
             payload = payload[wrapper]
             break
-    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in payload.items()), False
+    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in payload.items())
 
 
 def filter_published(state: dict, model: torch.nn.Module) -> dict:
@@ -92,16 +87,7 @@ def _check(path: str, state: dict, model: torch.nn.Module) -> None:
 
 
 def load_into(model: torch.nn.Module, path: str) -> None:
-    """Load a published or our own checkpoint into ``model`` (strict; raises CheckpointError)."""
-    state, ours = _unwrap(_read(path))
-    if not ours:
-        state = filter_published(state, model)
+    """Load a published-format checkpoint into ``model`` (strict; raises CheckpointError)."""
+    state = filter_published(_unwrap(_read(path)), model)
     _check(path, state, model)
     model.load_state_dict(state, strict=True)
-
-
-def save(model: torch.nn.Module, path: str) -> None:
-    """Our own format: our parameter layout, tagged so the loader skips the published-format filter."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({"format": OUR_FORMAT, "version": OUR_FORMAT_VERSION, "state_dict": model.state_dict()}, tmp)
-    os.replace(tmp, path)

@@ -15,11 +15,12 @@ interleave + delta predictor + zlib, as ImfZip.cpp does it.
 """
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 
 import numpy as np
+
+from sparsemat.plugin.files import in_display_window, replacing
 
 MAGIC = 20000630
 NONE, ZIPS, ZIP = 0, 2, 3  # the compressions this module reads and writes
@@ -164,7 +165,7 @@ def _read(data: bytes, path: str, wanted: tuple[str, ...] | None) -> tuple[np.nd
     dtype = np.float16 if kinds == {HALF} else np.float32
     columns = [raw[f"c{names.index(name)}"].astype(dtype) for name in wanted]
     pixels = np.stack(columns, axis=-1) if columns else np.zeros((height, width, 0), dtype)
-    return _in_display_window(pixels, header["dataWindow"], header["displayWindow"]), list(wanted)
+    return in_display_window(pixels, _window(header["dataWindow"]), _window(header["displayWindow"])), list(wanted)
 
 
 def _unzip(block: bytes, expected: int, path: str) -> bytes:
@@ -186,18 +187,10 @@ def _unzip(block: bytes, expected: int, path: str) -> bytes:
     return out.tobytes()
 
 
-def _in_display_window(pixels: np.ndarray, data_window, display_window) -> np.ndarray:
-    """The data window placed into the display window, as compositing apps show it."""
-    if tuple(data_window) == tuple(display_window):
-        return pixels
-    dx0, dy0, dx1, dy1 = data_window
-    fx0, fy0, fx1, fy1 = display_window
-    frame = np.zeros((fy1 - fy0 + 1, fx1 - fx0 + 1, pixels.shape[2]), pixels.dtype)
-    left, top, right, bottom = max(dx0, fx0), max(dy0, fy0), min(dx1, fx1), min(dy1, fy1)
-    if left <= right and top <= bottom:
-        frame[top - fy0 : bottom - fy0 + 1, left - fx0 : right - fx0 + 1] = \
-            pixels[top - dy0 : bottom - dy0 + 1, left - dx0 : right - dx0 + 1]
-    return frame
+def _window(box) -> tuple[int, int, int, int]:
+    """An EXR box2i (x0, y0, x1, y1), inclusive, as (x, y, width, height)."""
+    x0, y0, x1, y1 = box
+    return x0, y0, x1 - x0 + 1, y1 - y0 + 1
 
 
 def _read_with_openimageio(path: str, wanted, reason: ExrError) -> tuple[np.ndarray, list[str]]:
@@ -223,9 +216,8 @@ def _read_with_openimageio(path: str, wanted, reason: ExrError) -> tuple[np.ndar
     finally:
         image.close()
     pixels = np.ascontiguousarray(pixels.reshape(spec.height, spec.width, -1)[..., [names.index(n) for n in wanted]])
-    window = (spec.x, spec.y, spec.x + spec.width - 1, spec.y + spec.height - 1)
-    display = (spec.full_x, spec.full_y, spec.full_x + spec.full_width - 1, spec.full_y + spec.full_height - 1)
-    return _in_display_window(pixels, window, display), list(wanted)
+    window = (spec.x, spec.y, spec.width, spec.height)
+    return in_display_window(pixels, window, (spec.full_x, spec.full_y, spec.full_width, spec.full_height)), list(wanted)
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -263,21 +255,11 @@ def write(path: str, pixels: np.ndarray, channels: tuple[str, ...] = ("A",), hal
     for chunk in chunks:
         table.append(offset)
         offset += len(chunk)
-    folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(header)
-            handle.write(struct.pack(f"<{len(table)}Q", *table))
-            for chunk in chunks:
-                handle.write(chunk)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.remove(temporary)
-        except OSError:
-            pass
-        raise
+    with replacing(path) as temporary, open(temporary, "wb") as handle:
+        handle.write(header)
+        handle.write(struct.pack(f"<{len(table)}Q", *table))
+        for chunk in chunks:
+            handle.write(chunk)
 
 
 def _zip(block: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""Sparse high-resolution module (SHM): refines alpha only at the active full-resolution pixels.
+"""The sparse refiner (the paper's SHM, sparse high-resolution module): alpha at the active pixels only.
 
 A sparse ResNet-18 encoder (levels 1, 1/2, 1/4, 1/8), a context attention that
 re-weights the deepest features from the prior network's context, and a decoder

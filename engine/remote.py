@@ -1,0 +1,58 @@
+"""``sparsemat matte --engine``: a matte job's frames through a running engine (no torch here)."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import uuid
+from types import SimpleNamespace
+
+import numpy as np
+
+from sparsemat.plugin.client import EngineClient, EngineError, EngineUnavailable
+
+from .job import JobError, MatteJob, run_job
+from .validation import EXIT_FAILED, FrameError
+
+
+class EngineMatter:
+    """The job's one stream on the engine; pixels by shared memory when the engine is local."""
+
+    def __init__(self, client: EngineClient, stream: str, max_pixels: int | None = None):
+        self.client = client
+        self.stream = stream
+        self.max_pixels = max_pixels
+        self.transport = "shm" if client.address.startswith("ipc://") else "inline"
+
+    def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None):
+        try:
+            alpha, stats = self.client.matte(self.stream, 0 if frame is None else frame, frame_rgb,
+                                             transport=self.transport, colourspace="srgb", prior=prior,
+                                             temporal=not new_stream, max_pixels=self.max_pixels)
+        except EngineError as exc:
+            if exc.code != "bad_pixels":  # the engine's FrameError: the frame fails alone, as in process
+                raise
+            raise FrameError(str(exc)) from exc
+        # An engine of protocol 1.0 does not say whether it continued the stream: assume it did.
+        return np.asarray(alpha, dtype=np.float32), SimpleNamespace(**{"continued": True, **stats})
+
+
+def run_remote(job: MatteJob, address: str, max_pixels: int | None, progress: bool) -> int:
+    """The job through the engine at ``address``, whose model options apply; the job's stream is
+    released on the engine however the job ends. Returns the exit code."""
+    client = EngineClient(address)
+    stream = f"cli-{uuid.uuid4().hex[:12]}"
+    reachable = True
+    try:
+        client.hello()
+        summary = run_job(job, EngineMatter(client, stream, max_pixels), progress=progress)
+    except (JobError, EngineError) as exc:
+        reachable = not isinstance(exc, EngineUnavailable)
+        print(f"sparsemat: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if reachable:  # free the stream's state however the job ended (idle eviction would, later)
+            with contextlib.suppress(EngineError):
+                client.reset(stream)
+        client.close()
+    print(summary.describe())
+    return 0 if summary.ok else EXIT_FAILED

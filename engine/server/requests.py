@@ -1,0 +1,158 @@
+"""Reading requests: every field checked before any work (docs/PROTOCOL.md), and the pixels of a
+checked request decoded from wherever they travelled (message, shared memory, file)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsemat.plugin import protocol
+from sparsemat.plugin.protocol import ProtocolError
+
+from ..imageio import ImageReadError, display_rgb, read_alpha, read_rgb
+from ..validation import MIN_PIXELS
+from .blocks import SharedMemoryBlocks
+
+
+def require(header: dict, field: str, kind, default=None, required: bool = True):
+    """``header[field]`` of type ``kind`` (a bool is not an int); ``default`` when absent."""
+    value = header.get(field, default)
+    if value is None and not required:
+        return None
+    if value is None:
+        raise ProtocolError("bad_request", f"'{field}' is required")
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ProtocolError("bad_request", f"'{field}' must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class PixelSource:
+    """Where a request's pixels are: ``transport`` inline (``buffer``), shm (``shm``) or file (``path``)."""
+
+    transport: str
+    shape: list | None = None
+    dtype: str | None = None
+    nbytes: int = 0
+    buffer: object = None
+    shm: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class MatteRequest:
+    stream: str
+    frame: int
+    image: PixelSource
+    prior: PixelSource | None
+    colourspace: str | None
+    temporal: bool
+    keyframe_interval: int
+    alpha_dtype: str
+    max_pixels: int | None
+    alpha_shm_offset: int | None
+
+
+def parse_matte(header: dict, frames: list) -> MatteRequest:
+    alpha_dtype = require(header, "alpha_dtype", str, default="float32")
+    if alpha_dtype not in protocol.ALPHA_DTYPES:
+        raise ProtocolError("bad_request", f"'alpha_dtype' must be one of {', '.join(protocol.ALPHA_DTYPES)}")
+    max_pixels = require(header, "max_pixels", int, required=False)
+    if max_pixels is not None and max_pixels < MIN_PIXELS:
+        raise ProtocolError("bad_request", f"'max_pixels' must be at least {MIN_PIXELS}")
+    keyframe_interval = require(header, "keyframe_interval", int, default=0)
+    if keyframe_interval < 0:
+        raise ProtocolError("bad_request", "'keyframe_interval' must be 0 or more")
+    image = pixel_source(require(header, "image", dict), frames, "image", (1, 3, 4))
+    alpha_shm_offset = require(header, "alpha_shm_offset", int, required=False)
+    if alpha_shm_offset is not None and (image.transport != "shm" or alpha_shm_offset < image.nbytes):
+        raise ProtocolError("bad_request", "'alpha_shm_offset' needs the image in shared memory, "
+                                           "and must not overlap its pixels")
+    prior = require(header, "prior", dict, required=False)
+    return MatteRequest(
+        stream=require(header, "stream", str), frame=require(header, "frame", int), image=image,
+        prior=None if prior is None else pixel_source(prior, frames, "prior", (1,)),
+        colourspace=require(header, "colourspace", str, required=False),
+        temporal=require(header, "temporal", bool, default=True), keyframe_interval=keyframe_interval,
+        alpha_dtype=alpha_dtype, max_pixels=max_pixels, alpha_shm_offset=alpha_shm_offset)
+
+
+def pixel_source(block: dict, frames: list, name: str, channels: tuple) -> PixelSource:
+    """A pixel block, checked; inline bytes are checked against the shape here, at once."""
+    transport = block.get("transport", "inline")
+    if transport not in protocol.TRANSPORTS:
+        raise ProtocolError("bad_request", f"{name}: 'transport' must be one of {', '.join(protocol.TRANSPORTS)}")
+    if transport == "file":
+        return PixelSource("file", path=require(block, "path", str))
+    shape, dtype = block.get("shape"), block.get("dtype")
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+            or shape[2] not in channels):
+        raise ProtocolError("bad_request", f"{name}: 'shape' must be [H, W, C] with C in {channels}, got {shape!r}")
+    if dtype not in protocol.DTYPES:
+        raise ProtocolError("bad_request", f"{name}: 'dtype' must be one of {', '.join(protocol.DTYPES)}, got {dtype!r}")
+    expected = protocol.pixel_nbytes(shape, dtype)
+    if transport == "shm":
+        return PixelSource("shm", shape, dtype, expected, shm=require(block, "shm", str))
+    index = block.get("frame", 1)
+    if not isinstance(index, int) or not 1 <= index < len(frames):
+        raise ProtocolError("bad_request", f"{name}: payload frame {index!r} is missing")
+    buffer = frames[index].buffer
+    if buffer.nbytes != expected:
+        raise ProtocolError("size_mismatch", f"{name}: {buffer.nbytes} bytes sent, but shape {shape} of {dtype} "
+                                             f"needs {expected}")
+    return PixelSource("inline", shape, dtype, expected, buffer=buffer)
+
+
+def raw_pixels(source: PixelSource, blocks: SharedMemoryBlocks) -> np.ndarray:
+    """The block's pixels as float32 (H, W, 1 or 3). Float32 pixels are a view of the message or
+    shared-memory buffer, not a copy: the engine only reads them, and only while it answers
+    this request. Other types take one converting pass, integers scaled to [0, 1]."""
+    height, width, channels = source.shape
+    dtype = protocol.DTYPES[source.dtype]
+
+    def convert(buffer) -> np.ndarray:
+        raw = np.frombuffer(buffer, dtype=dtype, count=height * width * channels).reshape(height, width, channels)
+        raw = raw[..., : min(channels, 3)]  # an alpha channel is ignored
+        if dtype == np.float32:
+            return raw
+        pixels = np.empty(raw.shape, np.float32)
+        np.copyto(pixels, raw, casting="unsafe")
+        if np.issubdtype(dtype, np.integer):
+            pixels *= np.float32(1.0 / np.iinfo(dtype).max)
+        return pixels
+
+    if source.transport == "inline":
+        return convert(source.buffer)
+    return blocks.read(source.shm, source.nbytes, convert)
+
+
+def load_image(source: PixelSource, colourspace: str | None, blocks: SharedMemoryBlocks) -> np.ndarray:
+    """(H, W, 3) float32 display-encoded RGB. sRGB pixels are passed on as they are (a view, for
+    float32): Matter clips them and rejects NaN/infinity as it normalizes, in passes it makes anyway."""
+    try:
+        if source.transport == "file":
+            return read_rgb(source.path, colourspace)
+        pixels = raw_pixels(source, blocks)
+        colourspace = colourspace or "srgb"
+        if colourspace.lower() == "srgb" and pixels.shape[2] == 3:
+            return pixels
+        # display_rgb works in place: never in the client's buffer.
+        return display_rgb(pixels if pixels.flags.owndata else pixels.copy(), colourspace)
+    except ImageReadError as exc:
+        raise ProtocolError("bad_pixels", str(exc)) from exc
+    except ProtocolError:  # a ValueError too, with its own code
+        raise
+    except ValueError as exc:  # an unknown colourspace
+        raise ProtocolError("bad_request", str(exc)) from exc
+
+
+def load_prior(source: PixelSource, blocks: SharedMemoryBlocks) -> np.ndarray:
+    """Matter checks the prior's values (NaN or infinity); a file's are checked as it is read.
+    Float32 pixels are a view, as the image's are: Matter reads them once, into a clipped copy."""
+    if source.transport != "file":
+        return raw_pixels(source, blocks)[..., 0]
+    try:
+        return read_alpha(source.path)
+    except ImageReadError as exc:
+        raise ProtocolError("bad_pixels", str(exc)) from exc

@@ -1,0 +1,77 @@
+"""Errors and the checks that raise them, for every layer above: numpy only, no torch.
+
+What a frame must be to be matted (finite pixels, a shape the prior network can take) is
+decided here once, so the command line, the engine and the model refuse the same frames
+with the same words. Exit codes of the ``sparsemat`` command live here too, so every
+command and the job runner report failures alike.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EXIT_FAILED = 1  # the job ran but some frames failed, or it had to stop
+EXIT_USAGE = 2  # nothing was done: bad arguments, no frames, no checkpoint
+
+MAX_PIXELS = 4_000_000  # the published refinement budget: over it, the cascade
+MIN_PIXELS = 64  # one 8 x 8 tile: the smallest budget the rescale rule can always meet
+PRIOR_SHORT_SIDE = 512
+# The prior network's memory grows with its input's long side (measured on CPU: about 0.3 GB per
+# 1024 px). 4096, a frame of up to about 8:1, is nearly three times the widest camera format
+# (2.76:1 gives 1440) and costs about 1.3 GB; a 700x3 strip would need 119488 px, tens of GB.
+PRIOR_MAX_LONG_SIDE = 4096
+
+
+class UsageError(Exception):
+    """Nothing could start; the message says what is needed."""
+
+
+class FrameError(ValueError):
+    """The frame (or the prior given with it) cannot be matted: it holds NaN or infinite values, or
+    its aspect ratio is too extreme for the prior network."""
+
+
+def prior_input_size(height: int, width: int) -> tuple[int, int]:
+    """The published rule: short side 512, each side rounded up to a multiple of 32. FrameError when
+    the long side would be over ``PRIOR_MAX_LONG_SIDE``. Every model keeps this limit, the
+    guided refiner too (it has no prior network, but a frame is matted the same by any model)."""
+    short = min(height, width)
+    size = (math.ceil(PRIOR_SHORT_SIDE / short * height / 32) * 32,
+            math.ceil(PRIOR_SHORT_SIDE / short * width / 32) * 32)
+    if max(size) > PRIOR_MAX_LONG_SIDE:
+        raise FrameError(f"the frame is {width}x{height}, too elongated for the prior network, which would see it "
+                         f"at {size[1]}x{size[0]}: over {PRIOR_MAX_LONG_SIDE} px on the long side (frames up to "
+                         f"about {PRIOR_MAX_LONG_SIDE // PRIOR_SHORT_SIDE}:1 can be matted)")
+    return size
+
+
+def non_finite_values(pixels: np.ndarray) -> str | None:
+    """'N NaN/infinite pixel values (first at x=X, y=Y)' for (H, W) or (H, W, C) ``pixels``; None if all are finite."""
+    bad = ~np.isfinite(pixels)
+    count = int(np.count_nonzero(bad))
+    if count == 0:
+        return None
+    if bad.ndim == 3:
+        bad = bad.any(axis=2)
+    y, x = divmod(int(np.argmax(bad)), bad.shape[1])  # row-major: the top-most, then left-most one
+    return f"{count} NaN/infinite pixel values (first at x={x}, y={y})"
+
+
+def all_finite(pixels: np.ndarray) -> bool:
+    """One summing pass: NaN and infinity reach the sum, so a finite sum means finite pixels (a
+    non-finite sum from huge finite values is told apart by the exact count)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(pixels.sum(dtype=np.float64)):
+            return True
+    return non_finite_values(pixels) is None
+
+
+def device_name(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked as text (whether the device exists is
+    known only once torch loads); ValueError otherwise."""
+    name = text.strip().lower()
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise ValueError(f"unknown device {text!r}: use auto, cpu, cuda or cuda:N (N counts the GPUs CUDA_VISIBLE_DEVICES "
+                     f"leaves visible, from 0)")
