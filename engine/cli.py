@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from .validation import EXIT_FAILED, EXIT_USAGE, UsageError, device_name
+from .validation import EXIT_FAILED, EXIT_USAGE, UsageError, checkpoint_problem, device_name
 
 
 def _positive_int(text: str) -> int:
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     matte.add_argument("--engine", metavar="ADDRESS",
                        help="send frames to a running engine (ipc://... or tcp://...) instead of loading the model here")
     matte.add_argument("--quiet", action="store_true", help="no progress bar")
+    matte.add_argument("--openjd-progress", action="store_true",
+                       help="print openjd_progress and openjd_status lines for each frame (for farms that run Open "
+                            "Job Description templates: Deadline Cloud, openjd run)")
     matte.set_defaults(run=run_matte)
 
     engine = commands.add_parser("engine", help="the engine daemon: start, stop, status, serve",
@@ -110,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--exit-when-idle", type=_seconds, default=0.0, metavar="SECONDS",
                                 help="stop after this long without a matte or reset request (default 0: never); "
                                      "for engines whose owner may die without stopping them, like farm sessions")
+            action.add_argument("--allow-remote", action="store_true",
+                                help="allow a tcp address other machines can reach (tcp://*:PORT, an interface's "
+                                     "address): the protocol has no authentication, so anyone who can connect can "
+                                     "use the engine")
+        if name == "start":
+            action.add_argument("--replace", action="store_true",
+                                help="stop an engine already running at the address with another model or device, "
+                                     "and start this one")
+            action.add_argument("--log", metavar="FILE",
+                                help="append the engine's log to FILE (default: a file per address in the runtime "
+                                     "folder)")
+        if name == "status":
+            action.add_argument("--json", action="store_true", help="print the status as one JSON object")
         action.set_defaults(run=run_engine_command)
 
     preview = commands.add_parser(
@@ -137,19 +153,34 @@ def run_engine_command(args) -> int:
     from . import daemon
 
     try:
-        address = daemon.normalize_address(args.address)
+        address = daemon.normalize_address(args.address, allow_remote=getattr(args, "allow_remote", True))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if args.action in ("start", "serve"):
         from .config import EngineConfig
 
-        checkpoint = os.path.abspath(args.checkpoint) if args.checkpoint else None
+        checkpoint = _checkpoint_file(args.checkpoint)
         config = EngineConfig(address, checkpoint, args.device, args.memory_budget, args.stream_idle_timeout,
-                              args.exit_when_idle, args.half_precision)
-        return daemon.start(config) if args.action == "start" else daemon.serve(config)
+                              args.exit_when_idle, args.half_precision, args.allow_remote)
+        if address.startswith("tcp://") and args.allow_remote:
+            print(f"sparsemat: warning: {address} may accept connections from other machines, with no "
+                  f"authentication: anyone who reaches it can use the engine", file=sys.stderr)
+        if args.action == "serve":
+            return daemon.serve(config)
+        return daemon.start(config, replace=args.replace, logfile=os.path.abspath(args.log) if args.log else None)
     if args.action == "stop":
         return daemon.stop(address)
-    return daemon.status(address)
+    return daemon.status(address, as_json=args.json)
+
+
+def _checkpoint_file(path: str | None) -> str | None:
+    """The checkpoint as an absolute path, checked to be a file before anything starts."""
+    if not path:
+        return None
+    problem = checkpoint_problem(path)
+    if problem:
+        raise UsageError(problem)
+    return os.path.abspath(path)
 
 
 def _plan_job(args):
@@ -187,10 +218,10 @@ def run_matte(args) -> int:
         from .remote import run_remote
 
         try:
-            address = normalize_address(args.engine)
+            address = normalize_address(args.engine, allow_remote=True)  # a client may reach another machine
         except ValueError as exc:
             raise UsageError(f"--engine: {exc}") from exc
-        return run_remote(job, address, args.max_pixels, progress=not args.quiet)
+        return run_remote(job, address, args.max_pixels, progress=not args.quiet, on_frame=_on_frame(args))
     if not args.checkpoint and not args.prior:
         raise UsageError(NEEDS_A_SOURCE)
     keep_freed_memory()  # before torch is imported and starts its threads
@@ -203,12 +234,20 @@ def run_matte(args) -> int:
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from exc
     try:
-        summary = run_job(job, InProcessMatter(matter), progress=not args.quiet)
+        summary = run_job(job, InProcessMatter(matter), progress=not args.quiet, on_frame=_on_frame(args))
     except JobError as exc:
         print(f"sparsemat: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(summary.describe())
     return 0 if summary.ok else EXIT_FAILED
+
+
+def _on_frame(args):
+    if not args.openjd_progress:
+        return None
+    from .job import openjd_progress
+
+    return openjd_progress
 
 
 def _run_preview(args) -> int:
@@ -217,13 +256,34 @@ def _run_preview(args) -> int:
     return run_preview(args)
 
 
+# What a host-only install (numpy, pyzmq, msgpack) lacks for the commands that read images or
+# run the model, and how to get it.
+ENGINE_PACKAGES = {"OpenImageIO": "pip install 'sparsemat[engine]'", "PyOpenColorIO": "pip install 'sparsemat[engine]'",
+                   "tqdm": "pip install 'sparsemat[engine]'",
+                   "torch": "pip install torch (the CUDA build you use, or torch==2.13.0 for the CPU one), then "
+                            "pip install 'sparsemat[engine]'"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from sparsemat.plugin.runtime import RuntimeFolderError
+
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
-    except UsageError as exc:
+        code = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except (UsageError, RuntimeFolderError) as exc:
         print(f"sparsemat: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_USAGE)
+    except ImportError as exc:
+        if exc.name not in ENGINE_PACKAGES:
+            raise
+        print(f"sparsemat: error: 'sparsemat {args.command}' needs {exc.name}, which is not installed here: "
+              f"{ENGINE_PACKAGES[exc.name]}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `sparsemat engine status | head -3`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("sparsemat: interrupted; frames already written are complete", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ class EngineConfig:
     stream_idle_s: float = 900.0  # a stream unused this long is evicted
     exit_when_idle_s: float = 0.0  # stop after this long with no work (0: never); see --exit-when-idle
     half: bool = False
+    allow_remote: bool = False  # a tcp address other machines can reach was asked for on purpose
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -29,4 +30,6 @@ class EngineConfig:
             options.append("--half-precision")
         if self.exit_when_idle_s:
             options += ["--exit-when-idle", repr(self.exit_when_idle_s)]
+        if self.allow_remote:
+            options.append("--allow-remote")
         return options

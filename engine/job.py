@@ -65,6 +65,7 @@ class JobSummary:
     skipped: int = 0
     prerolled: int = 0  # matted only to rebuild temporal state, not written
     failed: list = field(default_factory=list)  # (frame, message)
+    restarted: list = field(default_factory=list)  # (frame, failed frame): a stream restarted after a failure
     seconds: float = 0.0
     active_fractions: list = field(default_factory=list)
 
@@ -82,6 +83,9 @@ class JobSummary:
                 f"mean active fraction {mean_active:.2%}\nmattes: {os.path.abspath(self.output)}")
         for frame, message in self.failed:
             text += f"\n  failed: {message}"
+        for frame, failed in self.restarted:
+            text += (f"\n  restarted: frame {frame} and the frames after it in its stream (up to the next keyframe) "
+                     f"come from a stream restarted after frame {failed} failed, not from one uninterrupted run")
         return text
 
 
@@ -99,9 +103,10 @@ def _frame_label(frame) -> str:
     return "image" if frame is None else f"frame {frame}"
 
 
-def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Callable[[str], None] | None = None
-            ) -> JobSummary:
-    """Run ``job``; raises JobError when it cannot go on (what was written stays)."""
+def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Callable[[str], None] | None = None,
+            on_frame: Callable[[int, int, str], None] | None = None) -> JobSummary:
+    """Run ``job``; raises JobError when it cannot go on (what was written stays). ``on_frame(done,
+    total, what)`` is told of each frame once it is finished (written, failed or pre-rolled)."""
     from tqdm import tqdm
 
     summary = JobSummary(output=job.output.text)
@@ -111,6 +116,7 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
     start = time.perf_counter()
     previous = None  # the last frame matted in this stream
     stream_start = None  # the frame this stream started at
+    failed = None  # the frame that failed last, when the one after it has not been matted yet
     # Read one frame ahead so decoding overlaps the matte of the current frame.
     with (tqdm(total=len(work), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar,
           ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsemat-read") as reader):
@@ -129,12 +135,15 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
                 say(f"error: {outcome}" if write else f"pre-roll {_frame_label(frame)} skipped: {outcome}")
                 if write:
                     summary.failed.append((frame, str(outcome)))
-                previous = None
+                previous, failed = None, frame
             else:
                 alpha, stats = outcome
                 if new_stream:
                     stream_start = frame
-                previous = frame
+                    if job.temporal and continues(failed, frame, job.keyframe_interval):
+                        say(f"{_frame_label(frame)}: computed from a restarted stream: frame {failed} failed")
+                        summary.restarted.append((frame, failed))
+                previous, failed = frame, None
                 if stats.note:
                     say(f"{_frame_label(frame)}: {stats.note}")
                 if write:
@@ -146,6 +155,9 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
                 else:
                     summary.prerolled += 1
             bar.update()  # only now: the bar never counts a frame that is still being matted
+            if on_frame is not None:
+                state = "failed" if isinstance(outcome, Exception) else "written" if write else "pre-rolled"
+                on_frame(index + 1, len(work), f"{_frame_label(frame)} {state}")
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -208,3 +220,9 @@ def _read(job: MatteJob, frame):
         return pixels, prior
     except (ImageReadError, OSError, ValueError) as exc:
         return exc
+
+
+def openjd_progress(done: int, total: int, what: str) -> None:
+    """Open Job Description's progress and status lines (openjd_progress: PERCENT, openjd_status:
+    TEXT) on stdout, which a farm's worker agent reads as the task's progress."""
+    print(f"openjd_progress: {100.0 * done / max(total, 1):.1f}\nopenjd_status: {what} ({done}/{total})", flush=True)

@@ -4,23 +4,27 @@ from __future__ import annotations
 import contextlib
 import sys
 import uuid
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
 
-from sparsemat.plugin.client import EngineClient, EngineError, EngineUnavailable
+from sparsemat.plugin.client import EngineClient, EngineError, EngineUnavailable, listening, nobody_listens
 
 from .job import JobError, MatteJob, run_job
-from .validation import EXIT_FAILED, FrameError
+from .validation import EXIT_FAILED, EXIT_UNAVAILABLE, FrameError
 
 
 class EngineMatter:
-    """The job's one stream on the engine; pixels by shared memory when the engine is local."""
+    """The job's one stream on the engine; pixels by shared memory when the engine is local. The
+    engine's warnings about the stream (evicted, its state dropped) go to ``warn`` as they come."""
 
-    def __init__(self, client: EngineClient, stream: str, max_pixels: int | None = None):
+    def __init__(self, client: EngineClient, stream: str, max_pixels: int | None = None,
+                 warn: Callable[[str], None] = lambda text: None):
         self.client = client
         self.stream = stream
         self.max_pixels = max_pixels
+        self.warn = warn
         self.transport = "shm" if client.address.startswith("ipc://") else "inline"
 
     def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None):
@@ -32,23 +36,33 @@ class EngineMatter:
             if exc.code != "bad_pixels":  # the engine's FrameError: the frame fails alone, as in process
                 raise
             raise FrameError(str(exc)) from exc
+        for text in stats.get("warnings", ()):
+            self.warn(f"frame {frame}: the engine says: {text}")
         # An engine of protocol 1.0 does not say whether it continued the stream: assume it did.
         return np.asarray(alpha, dtype=np.float32), SimpleNamespace(**{"continued": True, **stats})
 
 
-def run_remote(job: MatteJob, address: str, max_pixels: int | None, progress: bool) -> int:
+def run_remote(job: MatteJob, address: str, max_pixels: int | None, progress: bool, on_frame=None) -> int:
     """The job through the engine at ``address``, whose model options apply; the job's stream is
-    released on the engine however the job ends. Returns the exit code."""
+    released on the engine however the job ends. Returns the exit code: EXIT_UNAVAILABLE when
+    the engine could not be reached (worth retrying), EXIT_FAILED for frames that failed."""
+    if not listening(address):  # said at once: a job would otherwise wait out the client's timeout
+        print(f"sparsemat: error: no SparseMat engine at {address}: {nobody_listens(address)}; start one "
+              f"(sparsemat engine start --address {address})", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     client = EngineClient(address)
     stream = f"cli-{uuid.uuid4().hex[:12]}"
     reachable = True
     try:
         client.hello()
-        summary = run_job(job, EngineMatter(client, stream, max_pixels), progress=progress)
+        from tqdm import tqdm
+
+        matter = EngineMatter(client, stream, max_pixels, warn=lambda text: tqdm.write(text, file=sys.stderr))
+        summary = run_job(job, matter, progress=progress, on_frame=on_frame)
     except (JobError, EngineError) as exc:
         reachable = not isinstance(exc, EngineUnavailable)
         print(f"sparsemat: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILED if reachable else EXIT_UNAVAILABLE
     finally:
         if reachable:  # free the stream's state however the job ended (idle eviction would, later)
             with contextlib.suppress(EngineError):

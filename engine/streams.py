@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("sparsemat.engine")
+MAX_WARNED_STREAMS = 1024  # evicted streams whose clients are still to be told why
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class StreamStore:
         self._clock = clock
         self._streams: OrderedDict[str, Stream] = OrderedDict()
         self.memory_bytes = 0  # the state all streams hold
+        # What happened to a stream's state that its client has not been told yet, by stream id
+        # (evicted streams included, so their next request says why it started over).
+        self._warnings: OrderedDict[str, list[str]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -84,7 +88,18 @@ class StreamStore:
         self.evict(keep=stream_id)
         return stream
 
+    def take_warnings(self, stream_id: str) -> list[str]:
+        """What the client of ``stream_id`` should hear about its state since its last request."""
+        return self._warnings.pop(stream_id, [])
+
+    def _warn(self, stream_id: str, text: str) -> None:
+        self._warnings.setdefault(stream_id, []).append(text)
+        self._warnings.move_to_end(stream_id)
+        while len(self._warnings) > MAX_WARNED_STREAMS:
+            self._warnings.popitem(last=False)
+
     def reset(self, stream_id: str) -> bool:
+        self._warnings.pop(stream_id, None)
         return self._drop(stream_id) is not None
 
     def _drop(self, stream_id: str) -> Stream | None:
@@ -98,17 +113,22 @@ class StreamStore:
         now = self._clock()
         for stream_id in [s for s, stream in self._streams.items() if now - stream.last_used > self.idle_timeout_s]:
             if stream_id != keep:
-                self._drop(stream_id)
-                log.info("evicted stream %r: idle for over %.0f s", stream_id, self.idle_timeout_s)
+                self._evict(stream_id, f"evicted: idle for over {self.idle_timeout_s:.0f} s")
         for stream_id in list(self._streams):
             if self.memory_bytes <= self.budget_bytes:
                 return
             if stream_id != keep:
-                self._drop(stream_id)
-                log.info("evicted stream %r: memory budget of %d bytes reached", stream_id, self.budget_bytes)
+                self._evict(stream_id, f"evicted: the engine's memory budget of {self.budget_bytes} bytes was reached")
         if keep in self._streams and self.memory_bytes > self.budget_bytes:
             # One stream alone is over budget: keep its position, drop its state (next frame computes in full).
             stream = self._streams[keep]
             self.memory_bytes -= stream.nbytes
             stream.state = None
+            self._warn(keep, f"its temporal state of frame {stream.frame} was dropped: alone it exceeds the engine's "
+                             f"memory budget of {self.budget_bytes} bytes")
             log.warning("stream %r alone exceeds the memory budget; its temporal state is dropped", keep)
+
+    def _evict(self, stream_id: str, why: str) -> None:
+        self._drop(stream_id)
+        self._warn(stream_id, f"the stream was {why}")
+        log.info("stream %r %s", stream_id, why)

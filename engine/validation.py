@@ -8,11 +8,14 @@ command and the job runner report failures alike.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
-EXIT_FAILED = 1  # the job ran but some frames failed, or it had to stop
+EXIT_FAILED = 1  # the job ran but some frames failed, or it had to stop: permanent, retrying will not help
 EXIT_USAGE = 2  # nothing was done: bad arguments, no frames, no checkpoint
+EXIT_UNAVAILABLE = 3  # the engine could not be reached (not running, or lost mid-job): worth retrying
+EXIT_IN_USE = 4  # another engine (or program) already serves that address
 
 MAX_PIXELS = 4_000_000  # the published refinement budget: over it, the cascade
 MIN_PIXELS = 64  # one 8 x 8 tile: the smallest budget the rescale rule can always meet
@@ -24,7 +27,9 @@ PRIOR_MAX_LONG_SIDE = 4096
 
 
 class UsageError(Exception):
-    """Nothing could start; the message says what is needed."""
+    """Nothing could start; the message says what is needed. ``exit_code``: what the command returns."""
+
+    exit_code = EXIT_USAGE
 
 
 class FrameError(ValueError):
@@ -65,6 +70,16 @@ def all_finite(pixels: np.ndarray) -> bool:
         if np.isfinite(pixels.sum(dtype=np.float64)):
             return True
     return non_finite_values(pixels) is None
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a checkpoint file (missing, a folder), or None: checked before an
+    engine starts, and by the loader."""
+    if os.path.isdir(path):
+        return f"checkpoint {path} is a folder, not a checkpoint file"
+    if not os.path.isfile(path):
+        return f"checkpoint not found: {path}"
+    return None
 
 
 def device_name(text: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -27,14 +28,14 @@ from typing import Callable, Sequence
 import numpy as np
 import zmq
 
-from . import protocol
+from . import protocol, runtime
 from .shared_block import SharedBlock
 
 _DTYPE_NAMES = {np.dtype(v): k for k, v in protocol.DTYPES.items()}
 log = logging.getLogger("sparsemat.plugin")
 
 
-_SILENT, _LOST = "silent", "lost"  # why _wait returned no reply
+_SILENT, _LOST, _GONE = "silent", "lost", "gone"  # why _wait returned no reply
 
 
 def _prior_array(prior) -> np.ndarray:
@@ -73,13 +74,46 @@ class EngineUnavailable(EngineError):
         super().__init__("unavailable", message)
 
 
-def start_command(checkpoint: str, device: str = "auto", command: Sequence[str] = ("sparsemat",)
-                  ) -> Callable[[str], None]:
-    """An ``autostart`` for EngineClient: runs ``sparsemat engine start`` for the address (waits until it answers)."""
+AUTOSTART_IDLE_EXIT_S = 900.0  # an engine a host started for itself stops after this long without work
+
+
+def start_command(checkpoint: str | None, device: str = "auto", command: Sequence[str] = ("sparsemat",),
+                  exit_when_idle: float = AUTOSTART_IDLE_EXIT_S) -> Callable[[str], None]:
+    """An ``autostart`` for EngineClient: runs ``sparsemat engine start`` for the address (waits until
+    it answers). ``checkpoint`` None starts the weight-free guided refiner (every request then
+    needs a prior). The engine stops itself after ``exit_when_idle`` seconds without work (0:
+    never), so a host that exits (a ``nuke -x`` render) leaves no engine behind for long."""
+    options = ["--device", device, "--exit-when-idle", repr(float(exit_when_idle))]
+    if checkpoint:
+        options += ["--checkpoint", checkpoint]
+
     def start(address: str) -> None:
-        subprocess.run([*command, "engine", "start", "--address", address, "--checkpoint", checkpoint,
-                        "--device", device], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([*command, "engine", "start", "--address", address, *options], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return start
+
+
+def nobody_listens(address: str) -> str:
+    """Why ``listening(address)`` said no, in words."""
+    if address.startswith("ipc://"):
+        return f"its socket file {address[len('ipc://'):]} does not exist"
+    return "the connection is refused"
+
+
+def listening(address: str) -> bool:
+    """False when nothing can be listening at ``address``: an ipc socket file that does not exist,
+    or a refused tcp connection (found in about a second); True otherwise, which ZeroMQ's own
+    timeouts then decide."""
+    if address.startswith("ipc://"):
+        return os.path.exists(address[len("ipc://"):])
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return False
+    except (OSError, ValueError):
+        pass
+    return True
 
 
 class EngineClient:
@@ -87,7 +121,7 @@ class EngineClient:
 
     def __init__(self, address: str | None = None, timeout: float = 10.0, retries: int = 2, heartbeat: float = 1.0,
                  autostart: Callable[[str], None] | None = None):
-        self.address = address or protocol.default_address()
+        self.address = address or runtime.default_address()
         self.timeout = timeout  # longest silence from the engine, not the longest frame
         self.retries = retries
         self.heartbeat = heartbeat
@@ -235,38 +269,57 @@ class EngineClient:
         request_id = f"{self._prefix}-{next(self._ids)}"
         message = [protocol.pack({**header, "id": request_id}), *payload]
         _check_size(message)
-        lost = False
+        if self._socket is None and not listening(self.address):
+            if self.autostart is not None:  # at once, not after a timeout's silence
+                self.autostart(self.address)
+            elif not self._listening_within(self.timeout):  # an engine may be starting: its socket comes soon
+                raise EngineUnavailable(f"no SparseMat engine at {self.address}: {nobody_listens(self.address)}; "
+                                        f"start one (sparsemat engine start --address {self.address})")
+        answer = None
         for attempt in range(retries + 1):
-            socket = self._connect()
-            socket.send_multipart(message, copy=False)
+            sender = self._connect()
+            sender.send_multipart(message, copy=False)
             if attempt == 0 and while_waiting is not None:
                 while_waiting()
-            answer = self._wait(socket, request_id)
+            answer = self._wait(sender, request_id)
             if isinstance(answer, tuple):
                 reply, frames = answer
                 if not reply.get("ok"):
                     error = reply.get("error") or {}
                     raise EngineError(error.get("code", "internal"), error.get("message", "engine error"))
                 return reply, frames
-            lost = answer == _LOST
             self._drop_socket()
             if attempt < retries and self.autostart is not None:
                 self.autostart(self.address)
-        if lost:
+        if answer == _LOST:
             raise EngineUnavailable(f"the SparseMat engine at {self.address} answers but did not receive the request "
                                     f"in {retries + 1} attempt(s) (restarted meanwhile?); its log may say why")
-        raise EngineUnavailable(f"no answer from the SparseMat engine at {self.address} "
-                                f"after {retries + 1} attempt(s); is it running? (sparsemat engine status)")
+        if answer == _GONE:
+            raise EngineUnavailable(f"the SparseMat engine at {self.address} stopped while it had the request "
+                                    f"(its socket is gone); sparsemat engine status --address {self.address}")
+        raise EngineUnavailable(f"no answer from the SparseMat engine at {self.address} after {retries + 1} "
+                                f"attempt(s) of {self.timeout:g} s of silence; sparsemat engine status --address "
+                                f"{self.address}")
 
-    def _wait(self, socket: zmq.Socket, request_id: str):
+    def _listening_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            if listening(self.address):
+                return True
+        return False
+
+    def _wait(self, sender: zmq.Socket, request_id: str):
         """(header, payload frames) of the reply; else _SILENT once the engine has been silent too
-        long, or _LOST once it answers a ping without holding the request."""
+        long, _LOST once it answers a ping without holding the request, or _GONE once its ipc
+        socket file is gone (it stopped)."""
         last_heard = time.monotonic()
         pings = itertools.count(1)
         ping_prefix = f"{request_id}-ping"
+        ipc_path = self.address[len("ipc://"):] if self.address.startswith("ipc://") else None
         while time.monotonic() - last_heard < self.timeout:
-            if socket.poll(int(min(self.heartbeat, self.timeout) * 1000), zmq.POLLIN):
-                frames = socket.recv_multipart(copy=False)  # the alpha is used from the message buffer
+            if sender.poll(int(min(self.heartbeat, self.timeout) * 1000), zmq.POLLIN):
+                frames = sender.recv_multipart(copy=False)  # the alpha is used from the message buffer
                 last_heard = time.monotonic()
                 try:
                     reply = protocol.unpack(frames[0].bytes)
@@ -280,10 +333,12 @@ class EngineClient:
                     # before this answer, it would have arrived first.
                     return _LOST
                 continue  # a ping's answer, or a late reply to a request given up on
+            if ipc_path is not None and not os.path.exists(ipc_path):
+                return _GONE
             # The engine answers status at once even while computing or loading the model. Not
             # blocking: with no engine connected, pings would fill the queue and block here.
             try:
-                socket.send_multipart([protocol.pack({"op": "status", "id": f"{ping_prefix}{next(pings)}",
+                sender.send_multipart([protocol.pack({"op": "status", "id": f"{ping_prefix}{next(pings)}",
                                                       "request": request_id})], flags=zmq.NOBLOCK)
             except zmq.Again:
                 pass
@@ -291,16 +346,16 @@ class EngineClient:
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None:
-            socket = self._context.socket(zmq.DEALER)
-            socket.setsockopt(zmq.ROUTING_ID, self._prefix.encode())
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-            socket.setsockopt(zmq.SNDHWM, 16)
+            dealer = self._context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.ROUTING_ID, self._prefix.encode())
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+            dealer.setsockopt(zmq.SNDHWM, 16)
             # A zero-copy send costs pyzmq more than copying a payload this small (a prior: 130 KB
             # at 1080p, 0.5 MB at 4K); larger frames stay zero-copy.
-            socket.copy_threshold = 1 << 20
-            socket.connect(self.address)
-            self._socket = socket
+            dealer.copy_threshold = 1 << 20
+            dealer.connect(self.address)
+            self._socket = dealer
         return self._socket
 
     def _drop_socket(self) -> None:

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
-import tempfile
 
 import msgpack
 import numpy as np
@@ -27,18 +25,6 @@ class ProtocolError(ValueError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-def runtime_folder() -> str:
-    """Per-user folder for the engine's socket, pid and log files (created mode 0700)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    folder = os.path.join(base, "sparsemat") if base else os.path.join(tempfile.gettempdir(), f"sparsemat-{os.getuid()}")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    return folder
-
-
-def default_address() -> str:
-    return f"ipc://{os.path.join(runtime_folder(), 'engine.sock')}"
 
 
 def pack(header: dict) -> bytes:

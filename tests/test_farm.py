@@ -66,13 +66,18 @@ def prior_clip(tmp_path_factory):
 @pytest.fixture()
 def runtime(tmp_path):
     """A private XDG_RUNTIME_DIR. Should a run be cut short before its onExit, the engines it
-    started (their pid files are here) are stopped afterwards, so a failure leaves nothing behind."""
+    started (their environment names this folder) are stopped afterwards, so a failure leaves
+    nothing behind."""
     folder = tmp_path / "run"
     folder.mkdir(mode=0o700)
     yield folder
-    for pid_file in (folder / "sparsemat").glob("*.pid"):
-        pid = int(pid_file.read_text().strip() or 0)
-        if pid and pid in engine_processes(""):
+    for pid in engine_processes(""):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                ours = f"XDG_RUNTIME_DIR={folder}".encode() in handle.read().split(b"\0")
+        except OSError:
+            continue
+        if ours:
             os.kill(pid, signal.SIGTERM)
 
 
@@ -99,10 +104,11 @@ def test_template_passes_openjd_check():
 
 
 def _farm_run(clip, output, size, *params) -> list[str]:
-    return [sys.executable, "-m", "openjd", "run", str(TEMPLATE), "--step", "Matte",
-            "-p", f"InputPattern={clip}", "-p", f"OutputPattern={output}", "-p", f"Frames={FRAMES[0]}-{FRAMES[-1]}",
-            "-p", f"ChunkSize={size}", "-p", f"KeyframeInterval={KEYFRAMES}", "-p", "Device=cpu",
-            *(arg for param in params for arg in ("-p", param))]
+    return [sys.executable, "-m", "openjd", "run", str(TEMPLATE), "--step", "Matte", "-p", "ShotName=test",
+            "-p", f"InputFolder={clip.parent}", "-p", f"InputFile={clip.name}",
+            "-p", f"OutputFolder={output.parent}", "-p", f"OutputFile={output.name}",
+            "-p", f"Frames={FRAMES[0]}-{FRAMES[-1]}", "-p", f"ChunkSize={size}", "-p", f"KeyframeInterval={KEYFRAMES}",
+            "-p", "Gpus=0", *(arg for param in params for arg in ("-p", param))]
 
 
 def _in_process_runs(clip, tmp_path, *model) -> dict:
@@ -149,6 +155,11 @@ def _check_chunked_runs(logs: dict, tmp_path, runtime) -> None:
             first, last = map(int, chunk.split("-"))
             summary = f"{last - first + 1} frame(s) written, 0 skipped, 0 failed"
             assert (summary + (f", {prerolled} pre-rolled" if prerolled else " in ")) in log, (chunk, log[-3000:])
+        # Progress the farm sees as it happens: one openjd_progress and one openjd_status line a frame
+        # (pre-rolled ones too), ending at 100 % for each chunk.
+        assert log.count("openjd_status: frame ") == len(FRAMES) + sum(chunks.values())
+        assert log.count("openjd_progress: 100.0") == len(chunks), log[-3000:]
+        assert re.search(r"openjd_status: frame 5 written \(\d/\d\)", log)
 
         out = tmp_path / f"chunk{size}"
         assert sorted(os.listdir(out)) == sorted(f"a.{frame:04d}.exr" for frame in FRAMES)
@@ -156,14 +167,14 @@ def _check_chunked_runs(logs: dict, tmp_path, runtime) -> None:
             alpha = read_alpha(str(out / f"a.{frame:04d}.exr"))
             assert alpha.shape == whole[frame].shape and np.array_equal(alpha, whole[frame]), f"chunk size {size}, frame {frame}"
 
-        # The engine died with its session: no `engine serve` process on the session's socket, no pid file.
+        # The engine died with its session: no `engine serve` process on the session's socket.
         # The default address is a socket in the session's working directory.
         address = re.search(r"openjd_env: SPARSEMAT_ENGINE_ADDRESS=(\S+)", log).group(1)
         assert re.fullmatch(r"ipc://.+/sparsemat-engine\.sock", address) and f"through the engine at {address}" in log
         assert engine_processes(address) == []
-    # Nothing left in the runtime folder either: pid files go with the engine, the logs (shown in the
-    # session log) with the session.
-    assert list((runtime / "sparsemat").iterdir()) == []
+    # Nothing left in the runtime folder either: the lock goes with the session's socket, the log
+    # (shown in the session log) with the session's working directory.
+    assert not (runtime / "sparsemat").exists() or list((runtime / "sparsemat").iterdir()) == []
 
     # Without the pre-roll, frame 5 would differ: the equality above is not a coincidence of the clip.
     assert not np.array_equal(read_alpha(str(tmp_path / "cold" / "a.0005.exr")), whole[5])
@@ -172,19 +183,20 @@ def _check_chunked_runs(logs: dict, tmp_path, runtime) -> None:
 def test_chunked_farm_runs_equal_one_whole_run(clip, seed1_checkpoint, runtime, tmp_path):
     runs = _in_process_runs(clip, tmp_path, "--checkpoint", seed1_checkpoint)
     for size in CHUNKS:
-        # PriorPattern keeps its empty default: the tasks must pass no --prior (a folder would fail them).
+        # PriorFolder keeps its empty default: the tasks must pass no --prior (a folder would fail them).
         runs[f"chunk{size}"] = _farm_run(clip, tmp_path / f"chunk{size}" / "a.%04d.exr", size,
                                          f"Checkpoint={seed1_checkpoint}")
     _check_chunked_runs(_run_all(runs, _env(runtime)), tmp_path, runtime)
 
 
 def test_weight_free_chunked_farm_runs_equal_one_whole_run(prior_clip, runtime, tmp_path):
-    """No Checkpoint, a PriorPattern: the engine runs the guided refiner, each task sends the priors."""
+    """No Checkpoint, a PriorFolder: the engine runs the guided refiner, each task sends the priors."""
     clip, prior = prior_clip
     local = {**_env(runtime), "SPARSEMAT_CHECKPOINT": ""}
     runs = _in_process_runs(clip, tmp_path, "--prior", prior)
     for size in CHUNKS:
-        runs[f"chunk{size}"] = _farm_run(clip, tmp_path / f"chunk{size}" / "a.%04d.exr", size, f"PriorPattern={prior}")
+        runs[f"chunk{size}"] = _farm_run(clip, tmp_path / f"chunk{size}" / "a.%04d.exr", size,
+                                         f"PriorFolder={prior.parent}", f"PriorFile={prior.name}")
     # A worker's SPARSEMAT_CHECKPOINT must not reach the engine: the job's empty Checkpoint chooses
     # the guided refiner (this one does not exist, so an engine that read it would fail to start).
     farm = {**_env(runtime), "SPARSEMAT_CHECKPOINT": str(tmp_path / "absent.pth")}
@@ -201,5 +213,46 @@ def test_no_checkpoint_and_no_prior_fails_before_any_engine_starts(prior_clip, r
                             env=_env(runtime), timeout=120)
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-3000:]
-    assert "nothing to matte with: set Checkpoint (the SparseMat network) or PriorPattern" in log, log[-3000:]
+    assert "nothing to matte with: set Checkpoint (the SparseMat network) or PriorFolder" in log, log[-3000:]
     assert "Chunks run: 0" in log and "engine started at " not in log and not (tmp_path / "out").exists()
+
+
+# A studio path of 200 characters, as deep project trees give.
+LONG = "/mnt/projects/" + "/".join(["feature_film_2027_final_delivery_reel_07"] * 4) + "/sq0420/sh0420_0110/comp/plates"
+
+
+def _summary(*params) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "openjd", "summary", str(TEMPLATE),
+                           *(arg for param in params for arg in ("-p", param))], capture_output=True, text=True)
+
+
+def test_the_template_takes_long_studio_paths_and_keeps_its_name_short():
+    """Deadline Cloud refuses a job name over 128 characters; the name never holds a path."""
+    assert len(LONG) >= 200
+    params = ("ShotName=sh0420_0110", f"InputFolder={LONG}", "InputFile=sh0420_0110_plate_v012.%04d.exr",
+              f"OutputFolder={LONG}/../mattes", "Frames=1001-1100", "ChunkSize=150",
+              f"Checkpoint={LONG}/SparseMat.pth")
+    result = _summary(*params)
+    assert result.returncode == 0, result.stdout + result.stderr
+    name = re.search(r"--- Summary for '(.*)' ---", result.stdout).group(1)
+    assert name == "SparseMat sh0420_0110" and len(name) <= 128
+
+
+def test_chunks_over_deadline_clouds_150_frames_are_refused():
+    result = _summary("InputFolder=/p", "InputFile=p.%04d.exr", "OutputFolder=/o", "Frames=1-300", "ChunkSize=151")
+    assert result.returncode != 0 and "ChunkSize" in result.stdout + result.stderr
+
+
+def test_gpu_jobs_ask_for_a_gpu_worker_and_cpu_jobs_do_not():
+    """hostRequirements follow Gpus (FEATURE_BUNDLE_1 lets the amount be a parameter)."""
+    import yaml
+
+    template = yaml.safe_load(TEMPLATE.read_text())
+    requirement = template["steps"][0]["hostRequirements"]["amounts"][0]
+    assert requirement == {"name": "amount.worker.gpu", "min": "{{Param.Gpus}}"}
+    gpus = next(p for p in template["parameterDefinitions"] if p["name"] == "Gpus")
+    assert (gpus["minValue"], gpus["maxValue"]) == (0, 1)
+    run = template["steps"][0]["script"]["actions"]["onRun"]
+    assert run["cancelation"]["mode"] == "NOTIFY_THEN_TERMINATE" and run["timeout"] > 0
+    outputs = [p["name"] for p in template["parameterDefinitions"] if p.get("dataFlow") == "OUT"]
+    assert outputs == ["OutputFolder"]

@@ -148,9 +148,9 @@ def test_menu_creates_the_node_with_its_knobs_and_internals(tmp_path):
     assert group["output"].values() == ["rgba.alpha", "new layer"] and group["status"].value() == "not matted yet"
     new = nuke.nodes.Group()
     sparsemat_node._add_knobs(new)
-    from sparsemat.plugin import protocol
+    from sparsemat.plugin import runtime
 
-    assert new["address"].value() == protocol.default_address()  # the client's default
+    assert new["address"].value() == runtime.default_address()  # the client's default
     inner = {n.name(): n for n in group.nodes()}
     assert inner["SourceWrite"]["datatype"].value() == "16 bit half" and inner["SourceWrite"]["raw"].value()
     assert inner["SourceWrite"]["disable"].value(), "internal Writes stay disabled outside our own renders"
@@ -347,7 +347,7 @@ def test_an_unreachable_engine_leaves_no_rendered_inputs(tmp_path):
     for path in (source, prior):
         exr.write(str(path), np.zeros((4, 4), np.float32))
     settings = core.Settings(address=f"ipc://{tmp_path}/nobody.sock", timeout=0.1)
-    with pytest.raises(Exception, match="no answer"):
+    with pytest.raises(Exception, match="no SparseMat engine at .*nobody.sock: its socket file"):
         core.matte(settings, "down", 1, str(source), str(tmp_path / "alpha.exr"), str(prior))
     assert not source.exists() and not prior.exists()
 

@@ -9,10 +9,11 @@ and the first offending keys: a partial load would give a silently wrong matte.
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 import torch
+
+from ..validation import checkpoint_problem
 
 # Keys the published checkpoint carries that inference never uses (a training-only head).
 UNUSED_PREFIXES = ("lpn.aux_head.",)
@@ -28,8 +29,9 @@ class CheckpointError(ValueError):
 
 
 def _read(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise CheckpointError(problem)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, not a torch file, pickled code

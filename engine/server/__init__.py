@@ -13,15 +13,16 @@ from ..config import EngineConfig
 from .loop import Engine
 
 
-def run_engine(config: EngineConfig) -> int:
-    """Serve until shutdown or SIGTERM/SIGINT (which finish queued work first); 1 if the model failed to load."""
+def run_engine(config: EngineConfig, findable=lambda: True) -> int:
+    """Serve until shutdown or SIGTERM/SIGINT (which finish queued work first), or until
+    ``findable()`` turns false (checked every few seconds); 1 if the model failed to load."""
     from ..loading import load_matter
 
     def load():
         return load_matter(config.checkpoint, config.device, half=config.half)
 
     name = f"SparseMat ({os.path.basename(config.checkpoint)})" if config.checkpoint else "guided refiner (no checkpoint)"
-    engine = Engine(config, load, name)
+    engine = Engine(config, load, name, findable)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: engine.stop())
     engine.serve()

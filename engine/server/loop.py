@@ -28,6 +28,7 @@ from .worker import STOP, TIDY, Worker, error_reply
 log = logging.getLogger("sparsemat.engine")
 ENGINE_VERSION = importlib.metadata.version("sparsemat")
 _TIDY_EVERY_S = 30.0
+_FINDABLE_EVERY_S = 10.0  # how often the engine checks that clients can still find it
 
 
 def retry_key(identity: bytes, header_bytes: bytes) -> tuple:
@@ -38,8 +39,10 @@ def retry_key(identity: bytes, header_bytes: bytes) -> tuple:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, load_matter, model_name: str):
+    def __init__(self, config: EngineConfig, load_matter, model_name: str, findable=lambda: True):
         self.config = config
+        self._findable = findable
+        self._last_found = time.monotonic()
         self.model_name = model_name
         self.streams = StreamStore(config.memory_budget_bytes, config.stream_idle_s)
         self.started = time.monotonic()
@@ -89,6 +92,7 @@ class Engine:
                     if reply is not None:
                         router.send_multipart([frames[0].bytes, *reply], copy=False)
                 self._stop_when_idle()
+                self._stop_when_lost()
                 self._tidy_when_idle()
                 if self.draining and not self._pending:
                     break
@@ -120,6 +124,18 @@ class Engine:
         limit = self.config.exit_when_idle_s
         if limit > 0 and not self.draining and not self._pending and time.monotonic() - self._last_work > limit:
             log.info("no work for %.0f s: stopping (exit when idle)", limit)
+            self.stop()
+
+    def _stop_when_lost(self) -> None:
+        """An engine whose socket or lock file is gone (its runtime folder deleted at logout, a
+        temp cleaner) can be reached by no client and stopped by no command: it goes."""
+        now = time.monotonic()
+        if now - self._last_found < _FINDABLE_EVERY_S or self.draining:
+            return
+        self._last_found = now
+        if not self._findable():
+            log.warning("the engine's socket or lock file was removed (its folder deleted?): no client can reach "
+                        "it, so it stops")
             self.stop()
 
     def _tidy_when_idle(self) -> None:
@@ -188,7 +204,8 @@ class Engine:
         worker = self.worker
         status = {"address": self.config.address, "pid": os.getpid(), "uptime_s": time.monotonic() - self.started,
                   "state": worker.state, "error": worker.load_error,
-                  "device": self._device(), "model": self.model_name, "streams": len(self.streams),
+                  "device": self._device(), "model": self.model_name, "checkpoint": self.config.checkpoint,
+                  "streams": len(self.streams),
                   "memory_bytes": self.streams.memory_bytes, "memory_budget_bytes": self.config.memory_budget_bytes,
                   "frames_served": worker.frames_served, "queue": self._jobs.qsize(), "busy": worker.busy}
         if "request" in header:  # a client's heartbeat asks whether its request is still here

@@ -137,7 +137,8 @@ class Worker:
                   "stats": {"active_fraction": stats.active_fraction, "active_pixels": stats.active_pixels,
                             "spatial_pixels": stats.spatial_pixels, "temporal_pixels": stats.temporal_pixels,
                             "continued": stats.continued, "reused": stats.reused, "mode": stats.mode,
-                            "note": stats.note, "ms": {"read": read_ms, **stats.ms}}}
+                            "note": stats.note, "warnings": self.streams.take_warnings(request.stream),
+                            "ms": {"read": read_ms, **stats.ms}}}
         if shm_alpha is not None:
             self._write_alpha(*shm_alpha, alpha)  # from the model's tensor: a GPU's goes straight in
             header["alpha_in_shm"] = True

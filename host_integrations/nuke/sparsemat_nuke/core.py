@@ -51,9 +51,9 @@ class Settings:
 
 def default_address() -> str:
     """The engine client's default: the per-user ipc socket."""
-    from sparsemat.plugin import protocol
+    from sparsemat.plugin import runtime
 
-    return protocol.default_address()
+    return runtime.default_address()
 
 
 def output_channel(output: str, layer: str) -> str:
