@@ -28,7 +28,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ModelLoadError(f"--device {name} was asked for, but torch sees no CUDA device")
+        raise ModelLoadError(f"no such device: {name} (torch sees no CUDA device here)")
     device = torch.device("cuda:0" if name == "cuda" else name)
     count = torch.cuda.device_count()
     if device.index >= count:

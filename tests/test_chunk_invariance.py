@@ -55,8 +55,8 @@ def job_of(clip, out, interval: int) -> MatteJob:
 class Interrupted(EngineMatter):
     """The job's frames through the engine, with ``interrupt()`` run once before each frame of ``before``."""
 
-    def __init__(self, client, before: set[int], interrupt):
-        super().__init__(client, "job")
+    def __init__(self, client, before: set[int], interrupt, warn=lambda text: None):
+        super().__init__(client, "job", warn=warn)
         self.before, self.interrupt = set(before), interrupt
 
     def __call__(self, frame_rgb, frame, new_stream, prior=None):
@@ -81,13 +81,16 @@ def test_a_stream_evicted_mid_job_is_resumed_and_the_files_are_unchanged(clip, i
     intruder_frame = np.zeros((64, 96, 3), np.float32)
     with EngineClient(address) as client, EngineClient(address) as intruder:
         try:
-            matter = Interrupted(client, {2, 6}, lambda: intruder.matte("intruder", 0, intruder_frame))
-            lines = []
+            lines, warnings = [], []
+            matter = Interrupted(client, {2, 6}, lambda: intruder.matte("intruder", 0, intruder_frame), warnings.append)
             summary = run_job(job_of(clip, tmp_path, interval), matter, progress=False, log=lines.append)
         finally:
             stop_engine(address, runtime)
     assert summary.ok and summary.written == 8, summary.describe()
     assert sum("no longer held this stream's state" in line for line in lines) == 2, lines
+    # The engine said why, as it happened: relayed with the reply of the frame it computed afresh.
+    assert [w.split(":")[0] for w in warnings] == ["frame 2", "frame 6"], warnings
+    assert all("the stream was evicted: the engine's memory budget of 147456 bytes was reached" in w for w in warnings)
     assert summary.prerolled == (2 + 6 if interval == 0 else 2 + 2)  # frames matted again first
     assert_same_files(tmp_path, in_process[interval])
 

@@ -255,7 +255,7 @@ def test_cuda_n_is_parsed_and_passed_on(command, runtime, tmp_path, reference):
     else:
         run = ("engine", "serve", "--address", f"ipc://{tmp_path}/gpu.sock", *TEST_ENGINE_IDLE_EXIT)
     result = run_cli(*run, "--device", "cuda:7", env={"XDG_RUNTIME_DIR": str(runtime)})
-    no_device = "no CUDA device" if not torch.cuda.is_available() else "no such device: cuda:7"
+    no_device = "no such device: cuda:7"
     assert result.returncode == (EXIT_USAGE if command == "matte" else EXIT_FAILED)
     assert no_device in result.stderr, result.stderr
     bad = run_cli(*run, "--device", "gpu0", env={"XDG_RUNTIME_DIR": str(runtime)})
