@@ -30,3 +30,14 @@ def keep_freed_memory() -> bool:
         return False
     return all(mallopt(option, value) for option, value in
                ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))
+
+
+def give_back_freed_memory() -> bool:
+    """Return the heap's free memory to the system (glibc's malloc_trim), for a process whose
+    work has paused: the next frame pays the page faults ``keep_freed_memory`` saves, so call it
+    only after a while without work. A no-op returning False elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

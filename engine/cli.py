@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--exit-when-idle", type=_seconds, default=0.0, metavar="SECONDS",
                                 help="stop after this long without a matte or reset request (default 0: never); "
                                      "for engines whose owner may die without stopping them, like farm sessions")
+            action.add_argument("--allow-files-under", action="append", default=[], metavar="FOLDER",
+                                help="read files sent by path only under this folder (repeatable; default: any "
+                                     "regular file the engine's user can read)")
             action.add_argument("--allow-remote", action="store_true",
                                 help="allow a tcp address other machines can reach (tcp://*:PORT, an interface's "
                                      "address): the protocol has no authentication, so anyone who can connect can "
@@ -161,7 +164,8 @@ def run_engine_command(args) -> int:
 
         checkpoint = _checkpoint_file(args.checkpoint)
         config = EngineConfig(address, checkpoint, args.device, args.memory_budget, args.stream_idle_timeout,
-                              args.exit_when_idle, args.half_precision, args.allow_remote)
+                              args.exit_when_idle, args.half_precision, args.allow_remote,
+                              tuple(os.path.realpath(folder) for folder in args.allow_files_under))
         if address.startswith("tcp://") and args.allow_remote:
             print(f"sparsemat: warning: {address} may accept connections from other machines, with no "
                   f"authentication: anyone who reaches it can use the engine", file=sys.stderr)
@@ -266,6 +270,12 @@ ENGINE_PACKAGES = {"OpenImageIO": "pip install 'sparsemat[engine]'", "PyOpenColo
 
 def main(argv: list[str] | None = None) -> int:
     from sparsemat.plugin.runtime import RuntimeFolderError
+
+    # OpenMP threads that spin at every barrier take the machine's other cores from the host, and
+    # on a busy workstation a frame waits for a thread descheduled mid-spin (docs/PERFORMANCE.md,
+    # "OpenMP wait policy"). Set before torch loads its runtime; a user's own setting stands.
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
     args = build_parser().parse_args(argv)
     try:

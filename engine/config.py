@@ -15,6 +15,7 @@ class EngineConfig:
     exit_when_idle_s: float = 0.0  # stop after this long with no work (0: never); see --exit-when-idle
     half: bool = False
     allow_remote: bool = False  # a tcp address other machines can reach was asked for on purpose
+    allow_files_under: tuple[str, ...] = ()  # the file transport reads only under these folders (empty: any)
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -32,4 +33,6 @@ class EngineConfig:
             options += ["--exit-when-idle", repr(self.exit_when_idle_s)]
         if self.allow_remote:
             options.append("--allow-remote")
+        for folder in self.allow_files_under:
+            options += ["--allow-files-under", folder]
         return options

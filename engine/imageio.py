@@ -25,7 +25,7 @@ import PyOpenColorIO as ocio
 
 from sparsemat.plugin.files import in_display_window, replacing
 
-from .validation import all_finite, non_finite_values
+from .validation import all_finite, frame_size_problem, non_finite_values
 
 SUPPORTED_OUTPUTS = (".exr", ".png", ".tif", ".tiff")
 
@@ -142,6 +142,10 @@ def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]]) -> 
         raise ImageReadError(f"cannot read '{path}': {oiio.geterror() or 'unknown error'}")
     try:
         spec = image.spec()
+        for width, height in ((spec.width, spec.height), (spec.full_width, spec.full_height)):
+            problem = width > 0 and frame_size_problem(width, height, "image")  # before any pixel is decoded
+            if problem:
+                raise ImageReadError(f"cannot read '{path}': {problem}")
         channels = choose(spec)
         # Read only the span that holds the wanted channels: EXRs may carry many more.
         first = min(channels)

@@ -19,6 +19,11 @@ EXIT_IN_USE = 4  # another engine (or program) already serves that address
 
 MAX_PIXELS = 4_000_000  # the published refinement budget: over it, the cascade
 MIN_PIXELS = 64  # one 8 x 8 tile: the smallest budget the rescale rule can always meet
+# The largest frame any model takes, checked before its pixels are decoded or read: a 16384 x
+# 8192 plate (VR, the largest camera formats) at most, and no side over 32768. A 12000 x 12000
+# PNG of 140 KB once took the engine to 6.3 GB before it failed.
+MAX_FRAME_PIXELS = 16384 * 8192
+MAX_FRAME_SIDE = 32768
 PRIOR_SHORT_SIDE = 512
 # The prior network's memory grows with its input's long side (measured on CPU: about 0.3 GB per
 # 1024 px). 4096, a frame of up to about 8:1, is nearly three times the widest camera format
@@ -49,6 +54,23 @@ def prior_input_size(height: int, width: int) -> tuple[int, int]:
                          f"at {size[1]}x{size[0]}: over {PRIOR_MAX_LONG_SIDE} px on the long side (frames up to "
                          f"about {PRIOR_MAX_LONG_SIDE // PRIOR_SHORT_SIDE}:1 can be matted)")
     return size
+
+
+def frame_size_problem(width: int, height: int, what: str = "frame") -> str | None:
+    """Why a ``what`` of ``width`` x ``height`` cannot be matted by any model, or None: empty, over
+    the size limits, or (for frames) too elongated for the prior network. Checked from a file's
+    header or a request's shape, before any pixel is decoded."""
+    if width < 1 or height < 1:
+        return f"the {what} is {width}x{height}: empty"
+    if width > MAX_FRAME_SIDE or height > MAX_FRAME_SIDE or width * height > MAX_FRAME_PIXELS:
+        return (f"the {what} is {width}x{height}, over the limit of {MAX_FRAME_PIXELS:,} pixels and "
+                f"{MAX_FRAME_SIDE} px a side")
+    if what == "frame":
+        try:
+            prior_input_size(height, width)
+        except FrameError as exc:
+            return str(exc)
+    return None
 
 
 def non_finite_values(pixels: np.ndarray) -> str | None:

@@ -15,14 +15,16 @@ import zmq
 from sparsemat.plugin import protocol
 from sparsemat.plugin.protocol import ProtocolError
 
+from ..allocator import give_back_freed_memory
 from ..streams import CachedReply, StreamStore
 from ..validation import FrameError
 from .blocks import SharedMemoryBlocks
-from .requests import MatteRequest, load_image, load_prior
+from .requests import MatteRequest, Policy, load_image, load_prior
 
 log = logging.getLogger("sparsemat.engine")
 STOP = object()
 TIDY = object()  # a job for an idle worker: evict idle streams, let go of clients' closed blocks
+TRIM = object()  # a job for a worker idle a while: give the memory large frames took back to the system
 
 
 def error_reply(request_id, code: str, message: str) -> list:
@@ -33,8 +35,11 @@ class Worker:
     """``state`` (loading | ready | failed), ``load_error``, ``device``, ``frames_served`` and
     ``busy`` may be read from the main thread; everything else is this thread's."""
 
-    def __init__(self, load_matter, streams: StreamStore, jobs: queue.Queue, outbox: queue.Queue, wake, on_failure):
+    def __init__(self, load_matter, streams: StreamStore, jobs: queue.Queue, outbox: queue.Queue, wake, on_failure,
+                 policy: Policy, departed):
         self._load_matter = load_matter
+        self._policy = policy
+        self._departed = departed  # departed(identity): that client has gone silent (see Engine.departed)
         self.streams = streams
         self._jobs = jobs
         self._outbox = outbox
@@ -57,7 +62,15 @@ class Worker:
                 if job is TIDY:
                     self._tidy()
                     continue
+                if job is TRIM:
+                    give_back_freed_memory()
+                    continue
                 identity, request_id, op, request = job
+                if self._departed(identity):  # nobody is there to read the answer
+                    log.info("request %r dropped: its client stopped its heartbeats", request_id)
+                    self._outbox.put((identity, request_id, None))
+                    self._wake.send(b"")
+                    continue
                 self.busy = True
                 try:
                     frames = self._answer(request_id, op, request)
@@ -114,8 +127,8 @@ class Worker:
         # The prior's and the image's pixels may be views of blocks, which stay mapped until
         # Matter has read them: a block is unmapped only as the least recently read of over
         # ``keep``, and these two are the most recent.
-        prior = None if request.prior is None else load_prior(request.prior, self._blocks)
-        frame_rgb = load_image(request.image, request.colourspace, self._blocks)
+        prior = None if request.prior is None else load_prior(request.prior, self._blocks, self._policy)
+        frame_rgb = load_image(request.image, request.colourspace, self._blocks, self._policy)
         shm_alpha = None
         if request.alpha_shm_offset is not None:  # refused before the compute if the block is too small
             shm_alpha = (request.image.shm, request.alpha_shm_offset, request.alpha_dtype)
