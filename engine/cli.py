@@ -42,6 +42,12 @@ def _positive(text: str) -> float:
     return value
 
 
+def _crop(text: str):
+    from .preview import crop_box
+
+    return crop_box(text)
+
+
 def _device(text: str) -> str:
     try:
         return device_name(text)
@@ -71,13 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "do not depend on how a range is split into farm chunks (default 0: off)")
     matte.add_argument("--max-pixels", type=_positive_int, default=None,
                        help="most pixels refined at full resolution before the cascade takes over (default 4000000)")
-    matte.add_argument("--half-precision", action="store_true", help="run the network in float16 (CUDA only)")
-    matte.add_argument("--half", action="store_true", help="write EXR alpha as half instead of float")
+    matte.add_argument("--float16-network", "--half-precision", dest="half_precision", action="store_true",
+                       help="run the network in float16 (CUDA only; the mattes are float either way)")
+    matte.add_argument("--half-float-output", "--half", dest="half", action="store_true",
+                       help="write EXR mattes as half floats instead of floats (the network is unchanged)")
     matte.add_argument("--skip-existing", action="store_true", help="leave frames whose output exists (farm re-runs)")
     matte.add_argument("--input-colorspace", dest="colourspace", metavar="NAME",
                        help="srgb, linear, or an OpenColorIO colourspace (default: linear for EXR, srgb otherwise)")
     matte.add_argument("--prior", metavar="PATTERN",
-                       help="coarse alpha per frame (any resolution) used instead of the network's prior alpha")
+                       help="coarse alpha per frame (any resolution: a roto, a keyer's matte) used instead of the "
+                            "network's prior alpha; without --checkpoint, the weight-free guided refiner refines it")
     matte.add_argument("--backend", default="torch", choices=("torch", "spconv"), help="sparse convolution backend")
     matte.add_argument("--engine", metavar="ADDRESS",
                        help="send frames to a running engine (ipc://... or tcp://...) instead of loading the model here")
@@ -109,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "recently used streams are evicted")
             action.add_argument("--stream-idle-timeout", type=_positive, default=900.0, metavar="SECONDS",
                                 help="evict a stream's temporal state after this long unused (default 900)")
-            action.add_argument("--half-precision", action="store_true", help="run the network in float16 (CUDA only)")
+            action.add_argument("--float16-network", "--half-precision", dest="half_precision", action="store_true",
+                                help="run the network in float16 (CUDA only)")
             action.add_argument("--exit-when-idle", type=_seconds, default=0.0, metavar="SECONDS",
                                 help="stop after this long without a matte or reset request (default 0: never); "
                                      "for engines whose owner may die without stopping them, like farm sessions")
@@ -134,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     preview = commands.add_parser(
         "preview", help="write a PNG contact sheet of one frame: plate, alpha, composite, refined masks",
         description="Write a PNG contact sheet of one frame: the plate, the alpha, the plate over a checkerboard, "
-                    "and the plate with the refined band (red) and, from a previous frame, the changed pixels (blue).")
+                    "and the plate with the refined pixels (red) and, from a previous frame, the changed pixels "
+                    "(blue), each tile labelled, with a legend.")
     preview.add_argument("input", help="image file or sequence pattern")
     preview.add_argument("output", help="the PNG to write")
     preview.add_argument("--frame", type=_non_negative_int, help="frame of a sequence (default: the first on disk)")
@@ -143,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--prior", metavar="PATTERN", help="coarse alpha per frame, as for matte")
     preview.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help="as for matte")
     preview.add_argument("--input-colorspace", dest="colourspace", metavar="NAME")
-    preview.add_argument("--width", type=_positive_int, default=480, help="width of each of the four tiles")
+    preview.add_argument("--width", type=_positive_int, default=960, help="width of each of the four tiles (default 960)")
+    preview.add_argument("--crop", type=_crop, metavar="X,Y,W,H",
+                         help="show this region of the frame (pixels, from the top left), magnified when it is "
+                              "smaller than a tile, to judge hair at full resolution")
     preview.set_defaults(run=_run_preview)
 
     from .evaluate import add_eval_command
@@ -189,7 +203,7 @@ def _checkpoint_file(path: str | None) -> str | None:
 
 def _plan_job(args):
     from .imageio import SUPPORTED_OUTPUTS
-    from .inputs import plates, refuse_overwriting
+    from .inputs import check_priors, plates, refuse_overwriting
     from .job import MatteJob
     from .sequence import SequenceError, check_same_kind, parse_pattern, select_frames
 
@@ -204,6 +218,7 @@ def _plan_job(args):
         raise UsageError(str(exc)) from exc
     if not source.is_sequence and not os.path.exists(args.input):
         raise UsageError(f"input not found: {args.input}")
+    check_priors(prior, frames)
     refuse_overwriting((target.path(frame) for frame in frames),
                        [patterns.path(frame) for patterns in (source, prior) if patterns is not None for frame in frames])
     temporal = source.is_sequence if args.temporal is None else args.temporal

@@ -28,7 +28,7 @@ class EngineConfig:
         if self.checkpoint:
             options += ["--checkpoint", self.checkpoint]
         if self.half:
-            options.append("--half-precision")
+            options.append("--float16-network")
         if self.exit_when_idle_s:
             options += ["--exit-when-idle", repr(self.exit_when_idle_s)]
         if self.allow_remote:

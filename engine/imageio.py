@@ -118,6 +118,14 @@ def write_rgb8(path: str, pixels: np.ndarray) -> None:
     _write_atomically(path, oiio.ImageSpec(width, height, channels, oiio.UINT8), np.ascontiguousarray(pixels))
 
 
+def draw_text(pixels: np.ndarray, x: int, y: int, text: str, size: int = 16) -> np.ndarray:
+    """``pixels`` (H, W, 3) float32 with ``text`` drawn in white, its baseline at ``y``, with
+    OpenImageIO's own font (a preview's labels)."""
+    buffer = oiio.ImageBuf(np.ascontiguousarray(pixels, dtype=np.float32))
+    oiio.ImageBufAlgo.render_text(buffer, x, y, text, size, "", (1.0, 1.0, 1.0))
+    return buffer.get_pixels(oiio.FLOAT).reshape(pixels.shape)
+
+
 def _write_atomically(path: str, spec: oiio.ImageSpec, pixels: np.ndarray) -> None:
     """Write next to the final name, then rename onto it: readers never see a partial file."""
     folder = os.path.dirname(path) or "."
@@ -139,7 +147,7 @@ def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]]) -> 
     hints.attribute("oiio:UnassociatedAlpha", 1)
     image = oiio.ImageInput.open(path, hints)
     if image is None:
-        raise ImageReadError(f"cannot read '{path}': {oiio.geterror() or 'unknown error'}")
+        raise ImageReadError(f"cannot read '{path}': {_first_line(oiio.geterror()) or 'unknown error'}")
     try:
         spec = image.spec()
         for width, height in ((spec.width, spec.height), (spec.full_width, spec.full_height)):
@@ -151,7 +159,7 @@ def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]]) -> 
         first = min(channels)
         pixels = image.read_image(0, 0, first, max(channels) + 1, oiio.FLOAT)
         if pixels is None or image.has_error:
-            reason = image.geterror() or "the pixel data could not be read"
+            reason = _first_line(image.geterror()) or "the pixel data could not be read"
             raise ImageReadError(f"cannot read '{path}': {reason}")
     finally:
         image.close()
@@ -266,10 +274,15 @@ def _write_image(
 ) -> None:
     output = oiio.ImageOutput.create(temporary)
     if output is None:
-        raise ImageWriteError(f"cannot write '{path}': {oiio.geterror() or 'no writer for this format'}")
+        raise ImageWriteError(f"cannot write '{path}': {_first_line(oiio.geterror()) or 'no writer for this format'}")
     # Trust return values only: the TIFF writer reports a spurious Exif error on success.
     written = output.open(temporary, spec) and output.write_image(pixels)
     closed = output.close()
     if not (written and closed):
-        reason = output.geterror() or "unknown error"
+        reason = _first_line(output.geterror()) or "unknown error"
         raise ImageWriteError(f"cannot write '{path}' in folder '{folder}': {reason}")
+
+
+def _first_line(error: str) -> str:
+    """OpenImageIO's error text can hold the same failure three times, one per library layer."""
+    return (error or "").strip().split("\n")[0]

@@ -33,6 +33,19 @@ def plates(args) -> tuple[Pattern, Pattern | None]:
     return source, prior
 
 
+def check_priors(prior: Pattern | None, frames: list) -> None:
+    """UsageError when ``prior`` names no existing file for any of ``frames`` (a typo in the
+    pattern), said once now rather than once a frame later. Priors missing for some frames
+    only fail those frames."""
+    if prior is None:
+        return
+    if not any(os.path.isfile(prior.path(frame)) for frame in frames):
+        if not prior.is_sequence:
+            raise UsageError(f"--prior file not found: {prior.text}")
+        raise UsageError(f"no frames match --prior '{prior.text}': none of the {len(frames)} frame(s) to matte has "
+                         f"its prior (the first would be {prior.path(frames[0])})")
+
+
 def refuse_overwriting(writes, reads) -> None:
     """UsageError when a file to write is a file to read, however either is spelled (%04d or ####,
     relative or absolute, through symbolic or hard links): a run would replace the plates it mattes."""

@@ -75,12 +75,13 @@ class JobSummary:
 
     def describe(self) -> str:
         # The whole run's time (reads, pre-rolled and failed frames included) over the frames written.
-        per_frame = self.seconds / self.written if self.written else 0.0
-        mean_active = float(np.mean(self.active_fractions)) if self.active_fractions else 0.0
         preroll = f", {self.prerolled} pre-rolled" if self.prerolled else ""
         text = (f"{self.written} frame(s) written, {self.skipped} skipped, {len(self.failed)} failed{preroll} "
-                f"in {self.seconds:.1f} s ({per_frame:.2f} s per written frame); "
-                f"mean active fraction {mean_active:.2%}\nmattes: {os.path.abspath(self.output)}")
+                f"in {self.seconds:.1f} s")
+        if self.written:
+            text += (f" ({self.seconds / self.written:.2f} s per written frame); mean active fraction "
+                     f"{float(np.mean(self.active_fractions)):.2%}")
+        text += f"\nmattes: {os.path.abspath(self.output)}"
         for frame, message in self.failed:
             text += f"\n  failed: {message}"
         for frame, failed in self.restarted:
@@ -118,7 +119,10 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
     stream_start = None  # the frame this stream started at
     failed = None  # the frame that failed last, when the one after it has not been matted yet
     # Read one frame ahead so decoding overlaps the matte of the current frame.
-    with (tqdm(total=len(work), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar,
+    # One rate, in frames per second (tqdm's own flips to s/frame below 1 and counts pre-rolls).
+    bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} frames [{elapsed}<{remaining}{postfix}]"
+    with (tqdm(total=len(work), unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               bar_format=bar_format) as bar,
           ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsemat-read") as reader):
         say = log or (lambda message: bar.write(message, file=sys.stderr))
         pending: Future | None = reader.submit(_read, job, work[0][0]) if work else None
@@ -151,7 +155,8 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
                     summary.written += 1
                     summary.active_fractions.append(stats.active_fraction)
                     elapsed = time.perf_counter() - start
-                    bar.set_postfix_str(f"{summary.written / elapsed:.2f} fps, active {stats.active_fraction:.1%}")
+                    bar.set_postfix_str(f"{summary.written / elapsed:.2f} written frames/s, "
+                                        f"active {stats.active_fraction:.1%}")
                 else:
                     summary.prerolled += 1
             bar.update()  # only now: the bar never counts a frame that is still being matted
@@ -204,12 +209,24 @@ def _write(job: MatteJob, frame, alpha: np.ndarray) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        blocking = next(part for part in _parents(folder) if os.path.exists(part) and not os.path.isdir(part))
+        raise JobError(f"cannot create the output folder {folder}: {blocking} is a file, not a folder") from None
     except OSError as exc:
         raise JobError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
     try:
         write_alpha(path, alpha, half=job.half)
     except (ImageWriteError, OSError, ValueError) as exc:
         raise JobError(f"cannot write {_frame_label(frame)}: {exc}") from exc
+
+
+def _parents(folder: str) -> list[str]:
+    """``folder`` and the folders above it, the topmost first."""
+    parts = []
+    while folder and folder not in parts:
+        parts.append(folder)
+        folder = os.path.dirname(folder)
+    return parts[::-1]
 
 
 def _read(job: MatteJob, frame):

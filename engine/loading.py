@@ -42,7 +42,7 @@ def load_matter(checkpoint: str | None, device: str = "auto", max_pixels: int | 
     there is no checkpoint; ModelLoadError says what is wrong."""
     where = resolve_device(device)
     if half and where.type != "cuda":
-        raise ModelLoadError("--half-precision needs a CUDA device")
+        raise ModelLoadError("--float16-network needs a CUDA device")
     try:
         model = SparseMat.from_checkpoint(checkpoint) if checkpoint else None
         return Matter(model, device=where, max_pixels=max_pixels or MAX_PIXELS, backend=backend, half=half)

@@ -12,7 +12,7 @@ import numpy as np
 from sparsemat.plugin.client import EngineClient, EngineError, EngineUnavailable, listening, nobody_listens
 
 from .job import JobError, MatteJob, run_job
-from .validation import EXIT_FAILED, EXIT_UNAVAILABLE, FrameError
+from .validation import EXIT_FAILED, EXIT_UNAVAILABLE, FrameError, UsageError
 
 
 class EngineMatter:
@@ -54,13 +54,18 @@ def run_remote(job: MatteJob, address: str, max_pixels: int | None, progress: bo
     stream = f"cli-{uuid.uuid4().hex[:12]}"
     reachable = True
     try:
-        client.hello()
+        if client.hello().get("needs_prior") and job.prior is None:
+            raise UsageError(f"the engine at {address} runs the guided refiner (no checkpoint): give --prior PATTERN "
+                             f"(a coarse alpha per frame), or use an engine with a checkpoint")
         from tqdm import tqdm
 
         matter = EngineMatter(client, stream, max_pixels, warn=lambda text: tqdm.write(text, file=sys.stderr))
         summary = run_job(job, matter, progress=progress, on_frame=on_frame)
     except (JobError, EngineError) as exc:
         reachable = not isinstance(exc, EngineUnavailable)
+        if getattr(exc, "code", None) == "busy":  # it is shutting down: as good as gone, and retryable
+            print(f"sparsemat: error: the engine at {address} was stopped: {exc.message}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
         print(f"sparsemat: error: {exc}", file=sys.stderr)
         return EXIT_FAILED if reachable else EXIT_UNAVAILABLE
     finally:

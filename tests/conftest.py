@@ -64,6 +64,33 @@ def assert_faithful(alpha: np.ndarray, ref: np.ndarray, label: str = "") -> None
     assert diff.mean() <= 1e-4 and within >= 0.999, f"{label}: mean {diff.mean():.2e}, within 1e-3: {within:.4%}"
 
 
+def scaled(seconds: float) -> float:
+    """A time bound stretched by how busy this machine is now (1 + load per core, or the factor
+    in $SPARSEMAT_TEST_TIME_SCALE): bounds stay meaningful on a quiet machine and hold on a
+    loaded one, where everything, the engine's heartbeats included, runs slower."""
+    factor = os.environ.get("SPARSEMAT_TEST_TIME_SCALE")
+    if factor:
+        return seconds * float(factor)
+    return seconds * (1.0 + os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_left_behind():
+    """Every shared-memory block the suite's clients and raw tests created is removed at the end,
+    even when a test failed before closing its own (a loaded run once left 41 MB behind)."""
+    if not os.path.isdir("/dev/shm"):
+        yield
+        return
+    before = set(os.listdir("/dev/shm"))
+    yield
+    for name in set(os.listdir("/dev/shm")) - before:
+        if name.startswith(("sparsemat-", "psm_")):  # the client's blocks, multiprocessing's default names
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except OSError:
+                pass
+
+
 # Test engines exit on their own once idle this long, so an interrupted run leaves no daemon behind.
 TEST_ENGINE_IDLE_EXIT = ("--exit-when-idle", "300")
 

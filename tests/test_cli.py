@@ -272,11 +272,41 @@ def preview(folder, sheet, *options):
                    "--device", "cpu", *options, env={"SPARSEMAT_CHECKPOINT": ""})
 
 
-@pytest.mark.parametrize("options", [[], ["--frame", "0"], ["--frame", "1"]])
-def test_preview_of_frame_0_and_after_it(clip_from_zero, tmp_path, options):
-    result = preview(clip_from_zero, tmp_path / "sheet.png", *options)
+@pytest.mark.parametrize("options, first", [([], True), (["--frame", "0"], True), (["--frame", "1"], False)])
+def test_preview_of_frame_0_and_after_it(clip_from_zero, tmp_path, options, first):
+    """Frame 0 has no previous frame: a note says so, on the terminal and in the sheet's legend."""
+    result = preview(clip_from_zero, tmp_path / "sheet.png", "--width", "200", *options)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "sheet.png").is_file() and "note" not in result.stderr
+    note = "frame 0 has no previous frame here: no changed pixels (blue)"
+    assert (note in result.stderr) == first and (note in result.stdout) == first, result.stderr
+    sheet = read_rgb_u8(tmp_path / "sheet.png")
+    captions = 2 * 26 + 34  # two rows of caption strips and the legend
+    assert sheet.shape == (2 * round(96 * 200 / 128) + captions, 400, 3)
+
+
+def read_rgb_u8(path):
+    import OpenImageIO as oiio
+
+    return oiio.ImageInput.open(str(path)).read_image(oiio.UINT8)
+
+
+def test_preview_labels_its_tiles_and_crops_at_full_resolution(clip_from_zero, tmp_path):
+    whole = tmp_path / "whole.png"
+    assert preview(clip_from_zero, whole, "--frame", "1", "--width", "128").returncode == 0
+    crop = tmp_path / "crop.png"
+    result = preview(clip_from_zero, crop, "--frame", "1", "--width", "128", "--crop", "32,16,32,24")
+    assert result.returncode == 0 and "crop 32x24 at 32,16" in result.stdout
+    sheet, full = read_rgb_u8(crop), read_rgb_u8(whole)
+    # The crop is magnified 4x with square pixels: the plate tile's 4 x 4 blocks are one colour each.
+    tile = sheet[26:26 + 96, :128].astype(int)
+    assert (tile[::4, ::4] == tile[3::4, 3::4]).all() and not (tile == tile[0, 0]).all()
+    # The caption strips carry text (bright pixels over the dark strip), the tiles' own pixels differ.
+    assert (sheet[:26, :128] > 200).any() and (full[:26, :128] > 200).any()
+    assert not np.array_equal(tile, full[26:26 + 96, :128])
+    outside = preview(clip_from_zero, tmp_path / "bad.png", "--frame", "1", "--crop", "100,80,64,64")
+    assert outside.returncode == 2 and "reaches past the frame, which is 128x96" in outside.stderr
+    malformed = preview(clip_from_zero, tmp_path / "bad.png", "--crop", "1,2,3")
+    assert malformed.returncode == 2 and "expected X,Y,W,H" in malformed.stderr
 
 
 @pytest.mark.parametrize("broken", ["prior.0001.exr", "plate.0001.png"])

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TEST_ENGINE_IDLE_EXIT, run_cli, start_engine, stop_engine, write_rgb
+from conftest import TEST_ENGINE_IDLE_EXIT, run_cli, scaled, stop_engine, write_rgb
 from sparsemat.engine.validation import EXIT_FAILED, EXIT_IN_USE, EXIT_UNAVAILABLE, EXIT_USAGE
 from sparsemat.plugin.client import EngineClient, EngineUnavailable, start_command
 from sparsemat.plugin.runtime import RuntimeFolderError, default_address, private_folder
@@ -106,8 +106,8 @@ def test_an_engine_whose_runtime_folder_is_deleted_exits_by_itself(tmp_path):
     address = f"ipc://{runtime}/sparsemat/engine.sock"
     pid = EngineClient(address).hello()["pid"]
     shutil.rmtree(runtime / "sparsemat")
-    gone_after = wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), limit_s=30)
-    assert gone_after < 15, f"the orphan lived {gone_after:.0f} s"
+    gone_after = wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), limit_s=scaled(30))
+    assert gone_after < scaled(15), f"the orphan lived {gone_after:.0f} s"
 
 
 def _zombie(pid: int) -> bool:
@@ -172,7 +172,7 @@ def test_an_auto_started_engine_exits_when_idle(tmp_path, monkeypatch):
     assert alpha.shape == (32, 48) and stats["mode"] == "guided"
     pid = client.hello()["pid"]
     client.close()
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), limit_s=30)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), limit_s=scaled(30))
 
 
 def test_talking_to_no_engine_fails_in_about_a_second_with_the_address(tmp_path, reference):
@@ -188,7 +188,7 @@ def test_talking_to_no_engine_fails_in_about_a_second_with_the_address(tmp_path,
         elapsed = time.monotonic() - started
         assert result.returncode == EXIT_UNAVAILABLE and why in result.stderr, result.stderr
         assert f"sparsemat engine start --address {address}" in result.stderr
-        assert elapsed < 15, f"{elapsed:.1f} s"
+        assert elapsed < scaled(15), f"{elapsed:.1f} s"
     status = run_cli("engine", "status", "--address", f"ipc://{tmp_path}/nothing.sock", "--json")
     assert status.returncode == EXIT_UNAVAILABLE and json.loads(status.stdout)["running"] is False
 

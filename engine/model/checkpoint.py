@@ -35,9 +35,10 @@ def _read(path: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, not a torch file, pickled code
-        detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"checkpoint {path} cannot be read: not a PyTorch checkpoint, truncated, "
-                              f"or holding code ({type(exc).__name__}: {detail})") from exc
+        # torch's own text suggests loading with weights_only=False, which runs whatever code the
+        # file holds: never pass that advice on.
+        raise CheckpointError(f"checkpoint {path} cannot be read: not a PyTorch checkpoint, truncated, or holding "
+                              f"code rather than weights only ({type(exc).__name__})") from exc
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a state_dict")
     return payload
