@@ -160,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "smaller than a tile, to judge hair at full resolution")
     preview.set_defaults(run=_run_preview)
 
+    from .benchmark import add_benchmark_command
     from .evaluate import add_eval_command
 
     add_eval_command(commands)
+    add_benchmark_command(commands, _device)
     return parser
 
 

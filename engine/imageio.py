@@ -86,9 +86,17 @@ def _to_display_rgb(name: str, pixels: np.ndarray, encode: Callable[[np.ndarray]
 
 def read_alpha(path: str) -> np.ndarray:
     """float32 (H, W) matte: the channel named "A", else the first channel; all values finite."""
-    alpha = _read_channels(path, _alpha_channel)[..., 0]
+    return read_matte(path)[0]
+
+
+def read_matte(path: str) -> tuple[np.ndarray, int | None]:
+    """``read_alpha``'s matte, and the largest value of the file's integer format (255 for 8-bit,
+    65535 for 16-bit; None for a float file), for code that needs the stored integers exactly
+    (``round(alpha * maximum)`` is each one)."""
+    maximum = []
+    alpha = _read_channels(path, _alpha_channel, maximum)[..., 0]
     check_finite(path, alpha)
-    return alpha
+    return alpha, maximum[0]
 
 
 def write_alpha(path: str, alpha: np.ndarray, half: bool = False) -> None:
@@ -140,8 +148,13 @@ def _write_atomically(path: str, spec: oiio.ImageSpec, pixels: np.ndarray) -> No
         raise ImageWriteError(f"cannot write '{path}': {error.strerror or error}") from error
 
 
-def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]]) -> np.ndarray:
-    """C-contiguous float32 (H, W, C) of the chosen channels over the display window."""
+_INTEGER_MAXIMA = {"uint8": 255, "uint16": 65535}
+
+
+def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]], maximum: list | None = None
+                   ) -> np.ndarray:
+    """C-contiguous float32 (H, W, C) of the chosen channels over the display window; the file's
+    integer maximum (or None) is appended to ``maximum`` when given."""
     # Keep stored colour values of straight-alpha files (PNG, TIFF) instead of premultiplying.
     hints = oiio.ImageSpec()
     hints.attribute("oiio:UnassociatedAlpha", 1)
@@ -155,6 +168,9 @@ def _read_channels(path: str, choose: Callable[[oiio.ImageSpec], list[int]]) -> 
             if problem:
                 raise ImageReadError(f"cannot read '{path}': {problem}")
         channels = choose(spec)
+        if maximum is not None:
+            formats = list(spec.channelformats) or [spec.format] * spec.nchannels
+            maximum.append(_INTEGER_MAXIMA.get(str(formats[channels[0]])))
         # Read only the span that holds the wanted channels: EXRs may carry many more.
         first = min(channels)
         pixels = image.read_image(0, 0, first, max(channels) + 1, oiio.FLOAT)

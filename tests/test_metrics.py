@@ -392,3 +392,172 @@ def test_eval_through_the_installed_command(clip):
     assert [row["frame"] for row in json.loads(result.stdout)["frames"]] == [1, 2, 3]
     result = run_cli("eval", folder / "pred.####.exr", folder / "missing.####.exr")
     assert result.returncode == 2 and "GT file not found" in result.stderr
+
+
+# ---------------------------------------------------------------- conventions, against hand computations
+
+def write_u8(path, values) -> None:
+    """A one-channel 8-bit PNG of the integers ``values`` (H, W), as benchmark mattes are stored."""
+    import OpenImageIO as oiio
+
+    values = np.ascontiguousarray(np.asarray(values, dtype=np.uint8)[..., None])
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), oiio.ImageSpec(values.shape[1], values.shape[0], 1, oiio.UINT8))
+    assert out.write_image(values)
+    out.close()
+
+
+def eval_json(capsys, *argv) -> dict:
+    assert run_eval(*argv, "--json") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_connectivity_compares_levels_at_the_mattes_own_precision(tmp_path, capsys):
+    """A float32 row [1, 0.9, 0.7, 1] against an opaque truth. At float32 precision 0.9 reaches
+    level 0.9 and 0.7 level 0.7: pixel 2 is cut off at level 0.8 (l = 0.7: pred's phi 1, the
+    truth's 1 - 0.3), pixel 3 too (its distance is the same for both), pixel 1 at level 1.0
+    (l = 0.9, distances 0 and 0.1, both under 0.15): 0.3 in all. Against float64 levels pixel 1
+    would drop at 0.9 and pixel 2 at 0.7, which gave 0.6."""
+    pred = np.array([[1.0, 0.9, 0.7, 1.0]], dtype=np.float32)
+    gt = np.ones_like(pred)
+    assert connectivity_error(pred, gt) == pytest.approx(0.3, abs=1e-6)
+    assert connectivity_error(pred.astype(np.float64), gt.astype(np.float64)) == pytest.approx(0.6, abs=1e-6)
+    write_alpha(str(tmp_path / "pred.exr"), pred)
+    write_alpha(str(tmp_path / "gt.exr"), gt)
+    report = eval_json(capsys, tmp_path / "pred.exr", tmp_path / "gt.exr")
+    assert report["frames"][0]["conn"] == pytest.approx(0.3e-3, abs=1e-9)
+
+
+def test_a_constant_offset_in_each_convention(tmp_path, capsys):
+    """8-bit mattes, 4 x 5: truth 128, prediction 153 everywhere (25/255 apart)."""
+    write_u8(tmp_path / "gt.png", np.full((4, 5), 128))
+    write_u8(tmp_path / "pred.png", np.full((4, 5), 153))
+    difference = 25 / 255
+    ours = eval_json(capsys, tmp_path / "pred.png", tmp_path / "gt.png")["frames"][0]
+    dim = eval_json(capsys, tmp_path / "pred.png", tmp_path / "gt.png", "--convention", "dim")["frames"][0]
+    rvm = eval_json(capsys, tmp_path / "pred.png", tmp_path / "gt.png", "--convention", "rvm")["frames"][0]
+    assert ours["sad"] == pytest.approx(20 * difference / 1e3) and dim["sad"] == pytest.approx(20 * difference / 1e3)
+    assert rvm["mad"] == pytest.approx(difference * 1e3, rel=1e-6) and "sad" not in rvm
+    assert ours["mse"] == pytest.approx(difference**2 * 1e3) and dim["mse"] == pytest.approx(difference**2)
+    assert rvm["mse"] == pytest.approx(difference**2 * 1e3, rel=1e-6)
+    for row in (ours, dim, rvm):  # flat mattes: no gradient; connected to 0.5 and no further, distances < 0.15
+        assert row["grad"] == 0 and row["conn"] == pytest.approx(0, abs=1e-12)
+
+
+def test_a_hole_in_an_opaque_matte_in_each_convention(tmp_path, capsys):
+    """A 5 x 5 opaque truth, the prediction 0 at the centre: the hole leaves the largest component
+    at level 0.1 (l = 0: the truth's distance 1, phi 0; the prediction's phi 1)."""
+    write_u8(tmp_path / "gt.png", np.full((5, 5), 255))
+    hole = np.full((5, 5), 255)
+    hole[2, 2] = 0
+    write_u8(tmp_path / "pred.png", hole)
+    write_u8(tmp_path / "trimap.png", np.full((5, 5), 128))
+    ours = eval_json(capsys, tmp_path / "pred.png", tmp_path / "gt.png")["frames"][0]
+    dim = eval_json(capsys, tmp_path / "pred.png", tmp_path / "gt.png", "--convention", "dim", "--trimap",
+                    tmp_path / "trimap.png")["frames"][0]
+    rvm = eval_json(capsys, tmp_path / "pred.png", tmp_path / "gt.png", "--convention", "rvm")["frames"][0]
+    assert ours["conn"] == dim["conn"] == pytest.approx(1e-3) and rvm["conn"] == pytest.approx(1e-3, rel=1e-6)
+    assert ours["sad"] == dim["sad"] == pytest.approx(1e-3) and rvm["mad"] == pytest.approx(1 / 25 * 1e3, rel=1e-6)
+    assert ours["mse"] == pytest.approx(1 / 25 * 1e3) and dim["mse"] == pytest.approx(1 / 25)
+
+
+def test_a_plateau_at_exactly_0_6(tmp_path, capsys):
+    """Truth 0.6 everywhere, the prediction 0.8 at one pixel: every pixel reaches level 0.6 exactly
+    (np.arange's 0.6000000000000001 would cut them at 0.5) and leaves at 0.7, so l = 0.6: the
+    pixel's distances are 0.2 (phi 0.8) and 0 (phi 1). 8-bit: 153 and 204 are exactly 0.6 and 0.8."""
+    gt = np.full((3, 3), 153)
+    pred = gt.copy()
+    pred[1, 1] = 204
+    write_u8(tmp_path / "gt.png", gt)
+    write_u8(tmp_path / "pred.png", pred)
+    for convention in ("ours", "dim", "rvm"):
+        row = eval_json(capsys, tmp_path / "pred.png", tmp_path / "gt.png", "--convention", convention)["frames"][0]
+        assert row["conn"] == pytest.approx(0.2e-3, abs=1e-9), convention
+
+
+def test_a_resampled_trimap_counts_its_border_greys_only_in_ours(tmp_path, capsys):
+    """A trimap row 0, 100, 128, 128, 200, 255 (a resized trimap's borders are greys): ours
+    evaluates the four pixels strictly between 0 and 1, dim only the two of value 128. The
+    prediction is 51/255 (0.2) above the truth everywhere."""
+    write_u8(tmp_path / "trimap.png", [[0, 100, 128, 128, 200, 255]])
+    write_u8(tmp_path / "gt.png", [[0, 40, 80, 120, 160, 200]])
+    write_u8(tmp_path / "pred.png", [[51, 91, 131, 171, 211, 251]])
+    ours = eval_json(capsys, tmp_path / "pred.png", tmp_path / "gt.png", "--trimap", tmp_path / "trimap.png")
+    dim = eval_json(capsys, tmp_path / "pred.png", tmp_path / "gt.png", "--trimap", tmp_path / "trimap.png",
+                    "--convention", "dim")
+    assert ours["frames"][0]["pixels"] == 4 and dim["frames"][0]["pixels"] == 2
+    assert ours["frames"][0]["sad"] == pytest.approx(4 * 0.2 / 1e3) and dim["frames"][0]["sad"] == pytest.approx(0.4e-3)
+    with pytest.raises(UsageError, match="rvm convention evaluates whole frames"):
+        run_eval(tmp_path / "pred.png", tmp_path / "gt.png", "--trimap", tmp_path / "trimap.png", "--convention", "rvm")
+
+
+def test_the_gradient_of_a_matte_that_does_not_span_0_to_1(tmp_path, capsys):
+    """A prediction c x the truth (c = 0.5): its gradients are c times the truth's, so ours gives
+    (1 - c)^2 times the error of an empty prediction; dim and rvm stretch it back to the truth: 0."""
+    gt = np.zeros((9, 12))
+    gt[:, 6:] = 255
+    write_u8(tmp_path / "gt.png", gt)
+    write_u8(tmp_path / "half.png", gt / 2)  # 127: c = 127/255
+    write_u8(tmp_path / "empty.png", np.zeros_like(gt))
+    c = 127 / 255
+    half = eval_json(capsys, tmp_path / "half.png", tmp_path / "gt.png")["frames"][0]["grad"]
+    empty = eval_json(capsys, tmp_path / "empty.png", tmp_path / "gt.png")["frames"][0]["grad"]
+    assert empty > 0 and half == pytest.approx((1 - c) ** 2 * empty, rel=1e-9)
+    for convention in ("dim", "rvm"):
+        row = eval_json(capsys, tmp_path / "half.png", tmp_path / "gt.png", "--convention", convention)
+        assert row["frames"][0]["grad"] == pytest.approx(0, abs=1e-9), convention
+
+
+def test_dtssd_counts_a_zero_first_frame_in_rvm(tmp_path, capsys):
+    """A still truth and a prediction 0.1 off in alternate frames: 0.1 for frames 2 and 3 (x1e2: 10);
+    RVM's clip mean counts frame 1 as 0: 20 / 3."""
+    for frame in (1, 2, 3):
+        write_alpha(str(tmp_path / f"gt.{frame:04d}.exr"), np.full((4, 4), 0.5, np.float32))
+        write_alpha(str(tmp_path / f"pred.{frame:04d}.exr"), np.full((4, 4), 0.6 if frame % 2 else 0.5, np.float32))
+    ours = eval_json(capsys, tmp_path / "pred.####.exr", tmp_path / "gt.####.exr")
+    rvm = eval_json(capsys, tmp_path / "pred.####.exr", tmp_path / "gt.####.exr", "--convention", "rvm")
+    assert ours["mean"]["dtssd"] == pytest.approx(10, rel=1e-5) and ours["frames"][0]["dtssd"] is None
+    assert rvm["mean"]["dtssd"] == pytest.approx(20 / 3, rel=1e-5) and rvm["frames"][0]["dtssd"] == 0
+
+
+def test_a_dataset_of_folders_matched_by_name(tmp_path, capsys):
+    for folder in ("pred", "gt", "trimaps"):
+        (tmp_path / folder).mkdir()
+    for name, value in (("a", 10), ("b", 20)):
+        write_u8(tmp_path / "gt" / f"{name}.png", np.full((4, 4), 100))
+        write_u8(tmp_path / "pred" / f"{name}.png", np.full((4, 4), 100 + value))
+        write_u8(tmp_path / "trimaps" / f"{name}.png", np.full((4, 4), 128))
+    report = eval_json(capsys, tmp_path / "pred", tmp_path / "gt", "--trimap-dir", tmp_path / "trimaps")
+    assert [row["key"] for row in report["frames"]] == ["a", "b"] and "dtssd" not in report["mean"]
+    assert report["mean"]["sad"] == pytest.approx((16 * 10 + 16 * 20) / 255 / 2 / 1e3)
+    assert run_eval(tmp_path / "pred", tmp_path / "gt", "--csv") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("frame,pred,gt,trimap,pixels,SAD/1e3") and lines[-1].startswith("mean,")
+    (tmp_path / "gt" / "b.png").unlink()
+    with pytest.raises(UsageError, match="has no image named b"):
+        run_eval(tmp_path / "pred", tmp_path / "gt")
+
+
+def test_benchmark_mattes_a_dataset_and_reports_what_eval_says(tmp_path, reference):
+    from conftest import run_cli, write_rgb
+
+    dataset = tmp_path / "set"
+    for folder in ("merged", "alpha", "trimaps", "priors"):
+        (dataset / folder).mkdir(parents=True)
+    for index in range(2):
+        write_rgb(dataset / "merged" / f"im{index}.png", np.ascontiguousarray(reference["frames"][index][:64, :96]))
+        truth = np.zeros((64, 96), np.float32)
+        truth[16:48, 24 + index:72] = 1.0
+        write_alpha(str(dataset / "alpha" / f"im{index}.exr"), truth)
+        write_alpha(str(dataset / "trimaps" / f"im{index}.exr"), np.where(truth > 0, 0.5, 0.0).astype(np.float32))
+        write_alpha(str(dataset / "priors" / f"im{index}.exr"), truth[::8, ::8].copy())
+    result = run_cli("benchmark", dataset, "--out", tmp_path / "out", "--device", "cpu", "--json",
+                     env={"SPARSEMAT_CHECKPOINT": ""})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [row["key"] for row in report["frames"]] == ["im0", "im1"] and report["region"] == "trimap unknown"
+    assert report["speed"]["images"] == 2 and all(row["seconds"] > 0 for row in report["frames"])
+    evaluated = run_cli("eval", tmp_path / "out", dataset / "alpha", "--trimap-dir", dataset / "trimaps", "--json")
+    assert json.loads(evaluated.stdout)["mean"] == pytest.approx(report["mean"])
+    missing = run_cli("benchmark", tmp_path, env={"SPARSEMAT_CHECKPOINT": ""})
+    assert missing.returncode == 2 and "has no images folder" in missing.stderr
