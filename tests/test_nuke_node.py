@@ -28,6 +28,7 @@ import nuke  # noqa: E402  (the stand-in)
 from sparsemat_nuke import core, exr  # noqa: E402
 from sparsemat_nuke import node as sparsemat_node  # noqa: E402
 from sparsemat_nuke import render as sparsemat_render  # noqa: E402
+from sparsemat_nuke import work as sparsemat_work  # noqa: E402
 
 from sparsemat.plugin.client import EngineClient  # noqa: E402
 
@@ -95,9 +96,9 @@ def new_session(script: str) -> None:
     """A fresh Nuke session with the integration loaded as Nuke loads it (init.py, then menu.py)."""
     nuke.standin_reset()
     nuke.GUI = True
-    sparsemat_node._registered = False
+    sparsemat_work._registered = False
     sparsemat_node._failed.clear()
-    sparsemat_node._jobs.clear()
+    sparsemat_work._jobs.clear()
     core.tracker = core.StreamTracker()
     nuke.standin_startup(str(INTEGRATION))
     nuke.root()["name"].setValue(script)
@@ -125,7 +126,7 @@ def output_write(group, folder: Path):
 
 
 def wait_for(group, timeout=300.0):
-    thread = sparsemat_node.job(group)
+    thread = sparsemat_work.job(group)
     nuke.standin_run_until(lambda: thread is None or not thread.is_alive(), timeout)
 
 
@@ -138,7 +139,7 @@ def alpha_files(group, frames):
 
 def test_menu_creates_the_node_with_its_knobs_and_internals(tmp_path):
     new_session(str(tmp_path / "menu.nk"))
-    assert nuke._callbacks["beforeFrameRender"] == [(sparsemat_node.before_frame_render, (), {}, "Write")]
+    assert nuke._callbacks["beforeFrameRender"] == [(sparsemat_work.before_frame_render, (), {}, "Write")]
     group = sparsemat_on(str(tmp_path / "p.%04d.exr"), "ipc:///nowhere")
     assert group.input(0).Class() == "Read"
     for knob in ("address", "checkpoint", "timeout", "temporal", "keyframe_interval", "colourspace", "output",
@@ -157,16 +158,22 @@ def test_menu_creates_the_node_with_its_knobs_and_internals(tmp_path):
     assert inner["AlphaRead"]["raw"].value() and inner["AlphaCopy"].input(1) is inner["AlphaRead"]
 
 
-def test_render_matches_sparsemat_matte(engine, plate, cli_alphas, tmp_path):
-    """nuke.execute of a downstream Write (what nuke -x and the farm do): each frame is matted first."""
+def assert_outputs_match(folder: Path, cli_alphas, frames=FRAMES) -> None:
+    for number in frames:
+        pixels, names = exr.read(str(folder / f"out.{number:04d}.exr"))
+        assert np.array_equal(pixels[..., names.index("A")], cli_alphas[number]), f"frame {number}"
+
+
+def test_the_driver_renders_frames_equal_to_sparsemat_matte(engine, plate, cli_alphas, tmp_path):
+    """render.py (nuke -t: the farm's and the command line's path) mattes each frame, then renders it."""
     new_session(str(tmp_path / "render.nk"))
+    nuke.GUI = False
     group = sparsemat_on(plate[0], engine)
     write = output_write(group, tmp_path / "out")
-    nuke.execute(write, 1, 5)
+    sparsemat_render.render([write], list(FRAMES))
+    assert_outputs_match(tmp_path / "out", cli_alphas)
     for number, frame in zip(FRAMES, plate[1]):
         pixels, names = exr.read(str(tmp_path / "out" / f"out.{number:04d}.exr"))
-        alpha = pixels[..., names.index("A")]
-        assert np.array_equal(alpha, cli_alphas[number]), f"frame {number}"
         rgb = pixels[..., [names.index(c) for c in "RGB"]]
         assert np.array_equal(rgb, frame), "the plate passes through untouched"
     assert group["status"].value().startswith("frame 5: ") and "active" in group["status"].value()
@@ -182,6 +189,70 @@ def test_render_matches_sparsemat_matte(engine, plate, cli_alphas, tmp_path):
     image = group._render(3, "main")  # the stand-in's own evaluation, without a render (and its callback)
     assert np.array_equal(image.channels["matte.alpha"], cli_alphas[3])
     assert "rgba.alpha" not in image.channels
+
+
+def test_a_plain_render_of_unmatted_frames_stops_with_how_to_render(engine, plate, tmp_path):
+    """nuke -x, Render All: Nuke refuses renders inside a render, so the callback mattes nothing; it
+    stops the render on a frame nothing has matted, saying how to render instead."""
+    new_session(str(tmp_path / "plain.nk"))
+    group = sparsemat_on(plate[0], engine)
+    write = output_write(group, tmp_path / "out")
+    with pytest.raises(RuntimeError, match=r"SparseMat1 has no matte for frame 2 \(main\): render with SparseMat"):
+        nuke.execute(write, 2, 2)
+    assert not (tmp_path / "out" / "out.0002.exr").exists()
+
+
+def test_a_render_started_from_the_gui_never_nests_execute(engine, plate, cli_alphas, tmp_path):
+    """SparseMat > Render with SparseMat: the range is matted in a worker (the plates rendered from the
+    main thread, outside any render), then the Writes render, their callback finding every matte."""
+    new_session(str(tmp_path / "gui.nk"))
+    group = sparsemat_on(plate[0], engine)
+    write = output_write(group, tmp_path / "out")
+    nuke.root()["first_frame"].setValue(1)
+    nuke.root()["last_frame"].setValue(5)
+    write.setSelected(True)
+    nuke.menu("Nuke").findItem("SparseMat/Render with SparseMat").invoke()
+    write.setSelected(False)
+    thread = sparsemat_work.job(group)
+    nuke.standin_run_until(lambda: not thread.is_alive() and (tmp_path / "out" / "out.0005.exr").exists(), 300)
+    assert_outputs_match(tmp_path / "out", cli_alphas)
+    assert not nuke.messages
+
+
+def test_a_script_that_waits_on_a_job_completes(engine, plate, cli_alphas, tmp_path):
+    """nuke -t: no event loop runs queued main-thread calls while a script runs (the stand-in runs them
+    only in its loop), so a worker waiting on them would never finish; the job runs in the script's
+    thread instead."""
+    new_session(str(tmp_path / "wait.nk"))
+    nuke.GUI = False
+    group = sparsemat_on(plate[0], engine, frames="1-3")
+    sparsemat_work.matte_frame_range(group)
+    waited = sparsemat_work.job(group)
+    waited.join(timeout=60)
+    assert not waited.is_alive()
+    made = alpha_files(group, (1, 2, 3))
+    assert all(np.array_equal(made[n], cli_alphas[n]) for n in (1, 2, 3))
+
+
+def test_a_node_inside_a_group_is_matted(engine, plate, cli_alphas, tmp_path):
+    """Read -> Group (a user's, or a gizmo) holding a SparseMat node -> Write: found through the group's
+    Output and its Input, and matted before the Write renders."""
+    new_session(str(tmp_path / "group.nk"))
+    nuke.GUI = False
+    read = nuke.nodes.Read(file=plate[0].replace("%04d", "####"), first=1, last=5)
+    outer = nuke.nodes.Gizmo(name="Comp")
+    with outer:
+        inside = nuke.nodes.Input(name="Input1")
+        created = sparsemat_node.create()
+        created.setInput(0, inside)
+        created["address"].setValue(engine)
+        created["keyframe_interval"].setValue(KEYFRAMES)
+        nuke.nodes.Output().setInput(0, created)
+    outer.setInput(0, read)
+    write = output_write(outer, tmp_path / "out")
+    assert [g.fullName() for g in sparsemat_work.upstream(write)] == ["Comp.SparseMat1"]
+    sparsemat_render.render([write], list(FRAMES))
+    assert_outputs_match(tmp_path / "out", cli_alphas)
 
 
 def test_buttons_matte_off_the_main_thread_and_pre_roll(engine, plate, cli_alphas, tmp_path, monkeypatch):
@@ -205,7 +276,7 @@ def test_buttons_matte_off_the_main_thread_and_pre_roll(engine, plate, cli_alpha
     made = alpha_files(group, (4, 5))
     assert np.array_equal(made[4], cli_alphas[4]) and np.array_equal(made[5], cli_alphas[5])
     assert group["status"].value().startswith("frame 5: ")
-    worker_updates = [c for c in nuke.standin_main_thread_calls if c[0] == "_show_success"]
+    worker_updates = [c for c in nuke.standin_main_thread_calls if c[0] == "show_success"]
     assert len(worker_updates) == 2 and all(thread.startswith("sparsemat-") for _, thread in worker_updates)
     task = nuke.ProgressTask.instances[-1]
     assert task.progress == 100 and task.thread.startswith("sparsemat-")
@@ -216,7 +287,7 @@ def test_cancelling_a_range_stops_before_the_next_frame(engine, plate, tmp_path)
     new_session(str(tmp_path / "cancel.nk"))
     group = sparsemat_on(plate[0], engine, frames="1-5")
     nuke.ProgressTask.standin_cancel_after = 0
-    thread = sparsemat_node.matte_frame_range(group)
+    thread = sparsemat_work.matte_frame_range(group)
     wait_for(group)
     assert not thread.is_alive() and group["status"].value() == "cancelled before frame 1"
     assert not list(Path(core.session_folder()).rglob("source.*")), "the frame rendered ahead is removed"
@@ -283,7 +354,7 @@ def test_the_prior_input_reaches_the_engine(engine, plate, cli_alphas, tmp_path)
     write_alpha(str(tmp_path / "prior.0001.exr"), coarse[..., 0])  # one float channel named "A"
     group = sparsemat_on(plate[0], engine)
     group.setInput(1, nuke.nodes.Read(file=str(tmp_path / "prior.####.exr"), first=1, last=1))
-    sparsemat_node.matte_now(group, 1)
+    sparsemat_work.matte_now(group, 1)
     made = alpha_files(group, (1,))[1]
     expected, _ = EngineClient(engine).matte("prior-check", 1, path=plate[0] % 1, colourspace="linear",
                                              prior=coarse[..., 0])
@@ -301,9 +372,13 @@ def test_engine_errors_become_node_errors(engine, plate, tmp_path):
     write_rgb(tmp_path / "nan.0002.exr", plate[1][1])
     write = output_write(group, tmp_path / "out")
 
-    # A render stops on the frame with the engine's message, and the node errors on that frame only.
+    # A render stops on the frame with the engine's message, and the node errors on that frame only,
+    # through the Assert's expression (an integer knob set with setExpression).
+    nuke.GUI = False
     with pytest.raises(RuntimeError, match=r"NaN.*\[bad_pixels\]"):
-        nuke.execute(write, 1, 1)
+        sparsemat_render.render([write], [1])
+    nuke.GUI = True
+    assert group.node("EngineError")["expression"].toScript() == "{!(frame==1)}"
     status = group["status"].value()
     assert status.startswith("error: SparseMat1, frame 1: SparseMat engine: ") and "NaN" in status, status
     nuke.frame(1)
@@ -315,14 +390,14 @@ def test_engine_errors_become_node_errors(engine, plate, tmp_path):
 
     # The button shows the same message in a dialog.
     nuke.frame(1)
-    sparsemat_node.matte_this_frame(group)
+    sparsemat_work.matte_this_frame(group)
     wait_for(group)
     assert len(nuke.messages) == 1 and "NaN" in nuke.messages[0] and "[bad_pixels]" in nuke.messages[0]
 
     # Saved with the script, the error does not follow it into another session (a farm task, say).
     sparsemat_node._failed.clear()
     sparsemat_node.sync(group)
-    assert group.node("EngineError")["expression"].value() == "1" and not group.hasError()
+    assert group.node("EngineError")["expression"].toScript() == "{1}" and not group.hasError()
 
 
 def test_an_unreachable_engine_is_a_node_error(tmp_path):
@@ -331,8 +406,8 @@ def test_an_unreachable_engine_is_a_node_error(tmp_path):
     group = sparsemat_on(str(tmp_path / "p.%04d.exr"), f"ipc://{tmp_path}/nobody.sock", first=1, last=1, timeout=0.2)
     nuke.frame(1)
     started = time.monotonic()
-    assert sparsemat_node.matte_this_frame(group) is not None
-    assert sparsemat_node.matte_this_frame(group) is None  # a second press while the first is working
+    assert sparsemat_work.matte_this_frame(group) is not None
+    assert sparsemat_work.matte_this_frame(group) is None  # a second press while the first is working
     assert nuke.messages == ["SparseMat1 is already matting; wait for it, or cancel it in the progress window"]
     wait_for(group, timeout=30)
     assert time.monotonic() - started < scaled(20)  # 3 tries of 0.2 s of silence, not the default 10 s each
@@ -355,7 +430,7 @@ def test_an_unreachable_engine_leaves_no_rendered_inputs(tmp_path):
 def test_settings_errors_are_reported_without_calling_the_engine(tmp_path):
     new_session(str(tmp_path / "layer.nk"))
     group = sparsemat_on(str(tmp_path / "p.%04d.exr"), "ipc:///nowhere", output="new layer", layer="9lives")
-    assert sparsemat_node.matte_this_frame(group) is None
+    assert sparsemat_work.matte_this_frame(group) is None
     assert "layer name '9lives'" in nuke.messages[0] and group["status"].value().startswith("error: ")
 
 
@@ -364,11 +439,11 @@ def test_a_malformed_frame_range_is_reported_but_fails_no_frame(tmp_path):
     write_rgb(tmp_path / "p.0001.exr", np.full((8, 8, 3), 0.5, np.float32))
     group = sparsemat_on(str(tmp_path / "p.%04d.exr"), "ipc:///nowhere", first=1, last=1, frames="1-3x")
     nuke.frame(1)
-    assert sparsemat_node.matte_frame_range(group) is None
+    assert sparsemat_work.matte_frame_range(group) is None
     assert nuke.messages == ["SparseMat1: malformed frame range '1-3x': expected forms like '1001-1100', '5', "
                              "'1-10x2' or '1,3,5-7'"]
     assert group["status"].value() == f"error: {nuke.messages[0]}"
-    assert group.node("EngineError")["expression"].value() == "1" and not group.hasError()
+    assert group.node("EngineError")["expression"].toScript() == "{1}" and not group.hasError()
 
 
 # ---- no torch in Nuke ---------------------------------------------------------------------------------------

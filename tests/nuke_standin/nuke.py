@@ -12,8 +12,18 @@ uses, and EXR is linear in Nuke's default config anyway).
 
 The main thread is modelled too: ``executeInMainThread`` queues calls that only the
 main thread runs, inside ``standin_run_until`` (a stand-in helper, not Nuke API),
-and every queued call is recorded with the thread that asked for it.
+and every queued call is recorded with the thread that asked for it. A script that
+blocks the main thread waiting on such calls never sees them run, as in Nuke.
 Names starting with ``standin_`` exist only here.
+
+Refusals real Nuke makes, which the stand-in makes too (sources: Foundry's Python API
+reference for the calls; public Nuke tools, collected in the project's notes, for the
+refusals):
+
+- ``nuke.execute`` inside a render callback (``beforeFrameRender`` and the like) raises
+  "I'm already executing something else", and so does changing a knob there.
+- The Assert node's ``expression`` is an integer knob (Foundry's ``Assert.cpp``): it takes an
+  expression through ``setExpression``; ``setValue`` with expression text is refused.
 """
 from __future__ import annotations
 
@@ -60,6 +70,7 @@ class Knob:
     getValue = value
 
     def setValue(self, value) -> bool:
+        _refuse_while_rendering(f"set the {self._name} knob")
         self._value = self._convert(value)
         return True
 
@@ -100,10 +111,38 @@ class Tab_Knob(Knob):
 
 
 class Int_Knob(Knob):
+    """An integer, or an expression of ``frame`` (``setExpression``), which ``value`` evaluates at
+    the current frame, as Nuke's animated knobs do."""
     default = 0
 
+    def __init__(self, name, label=None, *args):
+        super().__init__(name, label, *args)
+        self._expression = None
+
     def _convert(self, value):
+        if isinstance(value, str) and not re.fullmatch(r"\s*-?\d+\s*", value):
+            raise TypeError(f"{self._name}: an integer knob takes a number, not {value!r} (use setExpression)")
+        self._expression = None
         return int(value)
+
+    def setExpression(self, expression: str, channel: int = -1, view=None) -> bool:
+        _refuse_while_rendering(f"set the {self._name} knob")
+        self._expression = str(expression)
+        return True
+
+    def hasExpression(self, index: int = -1) -> bool:
+        return self._expression is not None
+
+    def value(self, view=None):
+        return self.evaluate(frame()) if self._expression is not None else self._value
+
+    getValue = value
+
+    def evaluate(self, number: int) -> int:
+        return int(_evaluate(self._expression, number)) if self._expression is not None else self._value
+
+    def toScript(self) -> str:
+        return f"{{{self._expression}}}" if self._expression is not None else str(self._value)
 
 
 class Double_Knob(Knob):
@@ -325,6 +364,10 @@ class Group(Node):
         numbers = [int(n["number"].value()) for n in self._children if isinstance(n, Input)]
         return max(numbers) + 1 if numbers else 0
 
+    def output(self):
+        """The group's Output node (Nuke's Group.output()), or None."""
+        return next((n for n in self._children if isinstance(n, Output)), None)
+
     def _compute(self, number, view):
         outputs = [n for n in self._children if isinstance(n, Output)]
         if not outputs:
@@ -533,11 +576,12 @@ class Assert(Node):
 
     def __init__(self, parent):
         super().__init__(parent)
-        self.addKnob(String_Knob("expression", "expression", "1"))
+        self.addKnob(Int_Knob("expression", "expression"))
+        self["expression"].setValue(1)
         self.addKnob(String_Knob("message", "message"))
 
     def _compute(self, number, view):
-        if not _evaluate(self["expression"].value(), number):
+        if not self["expression"].evaluate(number):
             raise RuntimeError(f"{self.name()}: {self['message'].value() or 'assertion failed'}")
         return self._upstream(0, number, view)
 
@@ -551,7 +595,12 @@ def _evaluate(expression: str, number: int) -> bool:
     return bool(eval(python, {"__builtins__": {}}, {"frame": number}))  # noqa: S307 (checked above)
 
 
-_CLASSES = {cls._class: cls for cls in (Group, Input, Output, Read, Write, Copy, Assert)}
+class Gizmo(Group):
+    """A gizmo is a Group whose contents come from a file (Nuke's Gizmo derives from Group)."""
+    _class = "Gizmo"
+
+
+_CLASSES = {cls._class: cls for cls in (Group, Gizmo, Input, Output, Read, Write, Copy, Assert)}
 
 
 # ---- the script ---------------------------------------------------------------------------------------
@@ -628,7 +677,14 @@ def frame(number=None) -> int:
     return int(root()["frame"].value())
 
 
+def _refuse_while_rendering(what: str) -> None:
+    """Nuke refuses renders and edits from inside a render callback."""
+    if getattr(_context, "in_render_callback", 0):
+        raise RuntimeError(f"cannot {what}: I'm already executing something else")
+
+
 def _create(class_name: str, knobs: dict):
+    _refuse_while_rendering(f"create a {class_name} node")
     cls = _CLASSES.get(class_name)
     if cls is None:
         raise RuntimeError(f"{class_name}: unknown command")
@@ -706,6 +762,7 @@ def execute(node_or_name, start: int, end: int, incr: int = 1, views: list | Non
     """Render frames start..end of a Write: for each frame, the beforeFrameRender callbacks run (with
     nuke.thisNode() the Write and nuke.frame() the frame), then the frame is computed and written.
     An exception in a callback stops the render, as in a command-line render."""
+    _refuse_while_rendering("execute a node")
     views = views or _script_views()  # Nuke's default: every view of the script
     node = toNode(node_or_name) if isinstance(node_or_name, str) else node_or_name
     if node is None or not isinstance(node, Write):
@@ -720,8 +777,12 @@ def execute(node_or_name, start: int, end: int, incr: int = 1, views: list | Non
                 _context.view = view
                 for call, args, kwargs, node_class in list(_callbacks["beforeFrameRender"]):
                     if node_class in (None, "", node.Class()):
-                        with _this(node):
-                            call(*args, **kwargs)
+                        _context.in_render_callback = getattr(_context, "in_render_callback", 0) + 1
+                        try:
+                            with _this(node):
+                                call(*args, **kwargs)
+                        finally:
+                            _context.in_render_callback -= 1
                 node._write(number, view)
     finally:
         _context.view = saved_view

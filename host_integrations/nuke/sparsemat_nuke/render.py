@@ -1,17 +1,15 @@
-"""Render Writes with SparseMat nodes upstream, matting each frame first, without nested renders.
+"""Render Writes with SparseMat nodes upstream, matting each frame first: the farm's and the
+command line's way to render a script with SparseMat nodes.
 
     nuke -t <plugin folder>/sparsemat_nuke/render.py SCRIPT.nk FRAMES [WRITE ...]
 
 FRAMES is ``1001-1100``, ``1-10x2`` or ``1,3,5-7``; WRITE names default to every
 enabled Write at the top level of the script. For each frame, in order: every
-SparseMat node upstream of the Writes mattes the frame in each view of the script
-(its internal Write renders the plate, the engine answers, the alpha is written;
-each view is its own stream), then each Write renders the frame in every view. The
-``addBeforeFrameRender`` callback is switched off meanwhile.
-
-``nuke -x`` and Nuke's Render menu rely on that callback instead, which renders
-the plate from inside the Write's render; use this script on the farm when a
-Nuke version refuses to execute a node from inside another node's render.
+SparseMat node upstream of the Writes (inside Groups and gizmos too) mattes the frame
+in each view of the script (its internal Write renders the plate, the engine answers,
+the alpha is written; each view is its own stream), then each Write renders the frame
+in every view. Nothing is rendered from inside another render: Nuke refuses that, so a
+plain ``nuke -x`` of such a script stops at its first frame with a message pointing here.
 """
 from __future__ import annotations
 
@@ -20,8 +18,7 @@ import sys
 
 import nuke
 
-from sparsemat_nuke import core
-from sparsemat_nuke import node as sparsemat_node
+from sparsemat_nuke import core, work
 
 
 def render(writes: list, frames: list, views: list | None = None) -> None:
@@ -30,18 +27,14 @@ def render(writes: list, frames: list, views: list | None = None) -> None:
     views = list(views or nuke.views())
     groups = {}  # every SparseMat node upstream of the writes, once each, by full name
     for write in writes:
-        for group in sparsemat_node.upstream(write):
+        for group in work.upstream(write):
             groups.setdefault(group.fullName(), group)
-    sparsemat_node._suppressed.set()
-    try:
-        for frame in frames:
-            for view in views:
-                for group in groups.values():
-                    sparsemat_node.matte_now(group, frame, view)
-            for write in writes:
-                nuke.execute(write, frame, frame, 1, views)
-    finally:
-        sparsemat_node._suppressed.clear()
+    for frame in frames:
+        for view in views:
+            for group in groups.values():
+                work.matte_now(group, frame, view)
+        for write in writes:
+            nuke.execute(write, frame, frame, 1, views)
 
 
 def main(argv: list) -> int:

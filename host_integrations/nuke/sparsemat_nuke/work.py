@@ -1,0 +1,346 @@
+"""The SparseMat node's work in Nuke: the buttons, renders, and the render callback.
+
+What Nuke allows decides the shape (Foundry's documentation, and public Nuke tools):
+
+- ``nuke.execute`` and node edits are refused inside render callbacks ("I'm already executing
+  something else"). So nothing here renders or edits from a callback: frames are matted
+  before the Writes render, either by ``render.py`` (``nuke -t``, the farm's and the command
+  line's path: matte a frame, then render it) or by the GUI's "Render with SparseMat"
+  (matte the range in a worker, then render the Writes from the main thread). The
+  ``beforeFrameRender`` callback only checks that each frame it needs has been matted, and
+  stops a plain render (``nuke -x``, Render All) with a message saying how to render instead.
+- Nuke's API is used only in the main thread. In the GUI, the buttons read the knobs there and
+  start a worker thread; the worker asks the main thread to render each input frame
+  (``nuke.executeInMainThread``), talks to the engine itself, and reports back the same way,
+  so the main thread never waits on the socket. In terminal mode (``nuke -t``, no event loop to
+  run those calls) the buttons' functions do the same work in the calling thread, so a script
+  that calls ``matte_frame_range(group)`` and then waits on ``job(group)`` completes.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future
+
+import nuke
+
+from . import core
+from .node import (ALPHA_READ, PRIOR_WRITE, SOURCE_WRITE, input_range, is_sparsemat, settings, show_error,
+                   show_failure, show_status, show_success, sync)
+
+_lock = threading.Lock()
+_jobs: dict[str, object] = {}  # node full name -> the worker matting it (or the finished terminal-mode job)
+_registered = False
+
+
+class _Finished:
+    """What ``job`` returns for work done in the caller's thread (terminal mode): already over."""
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+# ---- rendering the node's inputs (main thread, never in a render callback) ---------------------------------
+
+def _execute(write, frame: int, view: str) -> None:
+    """Render one frame of an internal Write (kept disabled otherwise, so Render All and nuke -x skip it)."""
+    write["disable"].setValue(False)
+    try:
+        nuke.execute(write, frame, frame, 1, [view])
+    finally:
+        write["disable"].setValue(True)
+
+
+def render_inputs(name: str, files: core.Paths, frame: int, view: str) -> tuple[str, str | None, str]:
+    """(plate file, prior file or None, alpha file) of one frame, the inputs rendered now (main thread).
+    ``files``: what ``sync`` returned when the work began (it pointed the internal nodes there)."""
+    group = nuke.toNode(name)
+    if group is None:
+        raise core.MatteError(f"the node {name} no longer exists")
+    if group.input(0) is None:
+        raise core.MatteError(f"{name}: nothing is connected to the Source input")
+    source = core.frame_path(files.source, frame, view)
+    os.makedirs(os.path.dirname(source), exist_ok=True)
+    _execute(group.node(SOURCE_WRITE), frame, view)
+    prior = None
+    if group.input(1) is not None:
+        _execute(group.node(PRIOR_WRITE), frame, view)
+        prior = core.frame_path(files.prior, frame, view)
+    return source, prior, core.frame_path(files.alpha, frame, view)
+
+
+def _in_main_thread(function, *args) -> Future:
+    """Run ``function`` in Nuke's main thread; a Future of its result (the caller keeps working meanwhile).
+    In terminal mode there is no event loop to run it later: it runs now, here."""
+    future: Future = Future()
+
+    def call():
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # handed to the worker, which reports it
+            future.set_exception(exc)
+
+    if nuke.GUI:
+        nuke.executeInMainThread(call)
+    else:
+        call()
+    return future
+
+
+def _later(function, *args) -> None:
+    """``function(*args)`` in the main thread: queued from a worker in the GUI, at once otherwise."""
+    if nuke.GUI:
+        nuke.executeInMainThread(function, args)
+    else:
+        function(*args)
+
+
+# ---- the buttons ----------------------------------------------------------------------------------------
+
+def matte_this_frame(group=None):
+    group = group or nuke.thisNode()
+    return _start([group], [int(nuke.frame())], progress=False)
+
+
+def matte_frame_range(group=None):
+    group = group or nuke.thisNode()
+    first, last = input_range(group)
+    try:
+        frames = core.parse_frames(group["frames"].value(), first, last)
+    except core.MatteError as exc:  # a typo in the knob: nothing was matted, so no frame has failed
+        show_error(group.fullName(), f"{group.fullName()}: {exc}", dialog=True)
+        return None
+    return _start([group], frames, progress=True)
+
+
+def render_with_mattes(writes=None, frames=None):
+    """The GUI's "Render with SparseMat": every SparseMat node upstream of the Writes (the selected
+    ones, else every enabled one) mattes the frames (the script's range by default), then the
+    Writes render them, from the main thread. Returns the worker (or the finished job)."""
+    if writes is None:
+        writes = [n for n in nuke.selectedNodes() if n.Class() == "Write"] or \
+                 [n for n in nuke.allNodes("Write") if not n["disable"].value()]
+    if frames is None:
+        root = nuke.root()
+        frames = list(range(int(root["first_frame"].value()), int(root["last_frame"].value()) + 1))
+    groups = _upstream_of(writes)
+
+    def render_writes():
+        for write in writes:
+            nuke.execute(write, frames[0], frames[-1], 1, list(nuke.views()))
+
+    if not groups:
+        render_writes()
+        return _Finished()
+    return _start(groups, frames, progress=True, then=render_writes)
+
+
+def _start(groups: list, frames: list, progress: bool, then=None):
+    """Matte ``frames`` of each of ``groups`` in a worker (in the caller's thread in terminal mode),
+    then call ``then`` in the main thread if every frame was matted; returns the worker, or None
+    when nothing was started."""
+    names = [group.fullName() for group in groups]
+    if not frames:
+        show_status(names[0], "no frames to matte")
+        return None
+    plans = []
+    for group in groups:
+        try:
+            plans.append((group.fullName(), *sync(group), input_range(group)[0]))
+        except core.MatteError as exc:
+            show_failure(group.fullName(), frames[0], str(exc), dialog=True)
+            return None
+    script, views = nuke.root().name(), list(nuke.views())
+    work = (plans, script, frames, views, progress, then)
+    if not nuke.GUI:
+        _run_job(*work)
+        with _lock:
+            for name in names:
+                _jobs[name] = _Finished()
+        return _jobs[names[0]]
+    thread = threading.Thread(target=_run_job, args=work, name=f"sparsemat-{names[0]}", daemon=True)
+    with _lock:
+        busy = [name for name in names if name in _jobs and _jobs[name].is_alive()]
+        if not busy:
+            for name in names:
+                _jobs[name] = thread
+    if busy:  # the dialog is modal: never show it while holding the lock
+        nuke.message(f"{busy[0]} is already matting; wait for it, or cancel it in the progress window")
+        return None
+    for name in names:
+        show_status(name, f"matting {len(frames)} frame(s)...")
+    thread.start()
+    return thread
+
+
+def _discard(future: Future | None) -> None:
+    """Wait for a render the worker will not use, and remove its files."""
+    if future is None:
+        return
+    try:
+        source, prior, _ = future.result()
+    except Exception:
+        return
+    core.remove_files(source, prior)
+
+
+def _run_job(plans: list, script: str, frames: list, views: list, progress: bool, then) -> None:
+    """The worker: renders come from the main thread, one frame ahead; the engine is called from here."""
+    task = nuke.ProgressTask(f"SparseMat: {plans[0][0]}") if progress else None
+    try:
+        for name, values, files, first in plans:
+            for view in views:
+                label = f"{name}, {view}" if len(views) > 1 else name
+                if not _matte_view(task, label, name, script, values, files, frames, view, first):
+                    return
+        if then is not None:
+            _later(then)
+    finally:
+        if task is not None:
+            del task  # closes the progress window
+
+
+def _matte_view(task, label, name, script, values, files, frames, view, first) -> bool:
+    """One node's frames in one view, pre-rolled from their keyframe; False when it failed or was cancelled."""
+    stream = core.stream_id(script, name, view)
+    work = core.with_preroll(frames, values, core.tracker.last(stream, values), first)
+    pending = _in_main_thread(render_inputs, name, files, work[0], view)
+    try:
+        for index, frame in enumerate(work):
+            if task is not None:
+                if task.isCancelled():
+                    core.tracker.matted(stream, values, None)
+                    _later(show_status, name, f"cancelled before frame {frame}")
+                    return False
+                task.setMessage(f"{label}: frame {frame}")
+            try:
+                source, prior, alpha = pending.result()
+                pending = (_in_main_thread(render_inputs, name, files, work[index + 1], view)
+                           if index + 1 < len(work) else None)
+                stats = core.matte(values, stream, frame, source, alpha, prior)
+            except Exception as exc:
+                core.tracker.matted(stream, values, None)
+                message = f"{name}, frame {frame}: {core.describe(exc, values.address)}"
+                _later(show_failure, name, frame, message, True)
+                return False
+            core.tracker.matted(stream, values, frame)
+            _later(show_success, name, frame, core.status_line(frame, stats))
+            if task is not None:
+                task.setProgress(int(100 * (index + 1) / len(work)))
+        return True
+    finally:
+        _discard(pending)
+
+
+def job(group):
+    """The worker matting ``group`` (or the last one that did), for scripts that wait on it."""
+    with _lock:
+        return _jobs.get(group.fullName())
+
+
+# ---- renders ------------------------------------------------------------------------------------------------
+
+def upstream(node) -> list:
+    """Enabled SparseMat nodes feeding ``node``, those further upstream first (they must be matted
+    first), searched through Groups and gizmos too: inside a group from its Output node, and from
+    a group's Input nodes on to the group's own inputs."""
+    found, seen = [], set()
+    stack = [(node, False)]
+    while stack:
+        current, expanded = stack.pop()
+        if expanded:
+            if current is not node and is_sparsemat(current) and not current["disable"].value():
+                found.append(current)
+            continue
+        stack.append((current, True))
+        for above in reversed(_feeding(current)):
+            if above is not None and above.fullName() not in seen:
+                seen.add(above.fullName())
+                stack.append((above, False))
+    return found
+
+
+def _feeding(node) -> list:
+    """The nodes whose output ``node``'s output is computed from."""
+    if node.Class() == "Input":  # inside a group: what feeds the group's input of that number
+        parent = _parent(node)
+        return [] if parent is None else [parent.input(int(node["number"].value()))]
+    if hasattr(node, "output") and not is_sparsemat(node):  # a Group or gizmo: what its Output shows
+        inner = node.output()
+        if inner is not None:
+            return [inner]
+    return [node.input(index) for index in range(node.inputs())]
+
+
+def _parent(node):
+    """The Group holding ``node`` (None at the top of the script): Nuke names nodes by their path."""
+    path = node.fullName().rsplit(".", 1)
+    return nuke.toNode(path[0]) if len(path) == 2 else None
+
+
+def _upstream_of(writes: list) -> list:
+    groups = {}
+    for write in writes:
+        for group in upstream(write):
+            groups.setdefault(group.fullName(), group)
+    return list(groups.values())
+
+
+def matte_now(group, frame: int, view: str = "main") -> dict:
+    """Matte one frame synchronously in this thread (``nuke -t``: no UI to keep alive, never from a
+    render callback). Pre-rolls from the last keyframe when the stream does not continue. Raises
+    RuntimeError with the engine's message, after making the node error on that frame."""
+    name = group.fullName()
+    try:
+        values, files = sync(group)
+    except core.MatteError as exc:
+        show_failure(name, frame, str(exc), dialog=False)
+        raise RuntimeError(str(exc)) from exc
+    stream = core.stream_id(nuke.root().name(), name, view)
+    stats: dict = {}
+    for current in core.with_preroll([frame], values, core.tracker.last(stream, values), input_range(group)[0]):
+        try:
+            source, prior, alpha = render_inputs(name, files, current, view)
+            stats = core.matte(values, stream, current, source, alpha, prior)
+        except Exception as exc:
+            core.tracker.matted(stream, values, None)
+            message = f"{name}, frame {current}: {core.describe(exc, values.address)}"
+            show_failure(name, frame, message, dialog=False)
+            raise RuntimeError(message) from exc
+        core.tracker.matted(stream, values, current)
+        show_success(name, current, core.status_line(current, stats))
+    return stats
+
+
+def _this_view() -> str:
+    try:
+        return nuke.thisView() or "main"
+    except Exception:  # outside a render context
+        return "main"
+
+
+def before_frame_render() -> None:
+    """``nuke.addBeforeFrameRender`` callback: every SparseMat node upstream of the Write must have
+    matted this frame already (nothing can be rendered or changed from here). Our own internal
+    Writes are not checked."""
+    write = nuke.thisNode()
+    if write.fullName().rsplit(".", 1)[-1] in (SOURCE_WRITE, PRIOR_WRITE):
+        return
+    frame, view = int(nuke.frame()), _this_view()
+    for group in upstream(write):
+        alpha = core.frame_path(group.node(ALPHA_READ)["file"].value(), frame, view)
+        if not os.path.isfile(alpha):
+            raise RuntimeError(f"{group.fullName()} has no matte for frame {frame} ({view}): render with SparseMat > "
+                               f"Render with SparseMat, press 'matte frame range' first, or on the command line "
+                               f"nuke -t <plugin folder>/sparsemat_nuke/render.py SCRIPT FRAMES")
+
+
+def register_callbacks() -> None:
+    """Called from init.py, in every mode (GUI, nuke -t, nuke -x, farm)."""
+    global _registered
+    if not _registered:
+        nuke.addBeforeFrameRender(before_frame_render, nodeClass="Write")
+        _registered = True
