@@ -45,9 +45,10 @@ def test_install_reinstall_uninstall_leave_the_folder_as_it_was(tmp_path):
         assert init.count(BEGIN) == 1 and init.count("pluginAddPath") == 2
         assert f"nuke.pluginAddPath({str(nuke_path / 'sparsemat-nuke')!r})" in init
     target = nuke_path / "sparsemat-nuke"
-    for name in ("init.py", "menu.py", "sparsemat_nuke/core.py", "sparsemat_nuke/exr.py", "sparsemat_nuke/node.py",
+    for name in ("init.py", "menu.py", "sparsemat_nuke/core.py", "sparsemat_nuke/node.py",
                  "lib/python3.11/site-packages/sparsemat/plugin/client.py",
-                 "lib/python3.10/site-packages/sparsemat/plugin/protocol.py"):
+                 "lib/python3.10/site-packages/sparsemat/plugin/protocol.py",
+                 "lib/python3.10/site-packages/sparsemat/plugin/exr.py"):
         assert (target / name).is_file(), name
     assert not (target / "lib/python3.11/site-packages/sparsemat/__init__.py").exists()  # a namespace package
     assert (nuke_path / "menu.py").read_text() == "# the artist's own menu\n"
@@ -136,8 +137,8 @@ import sys
 sys.path.append({str(nuke_path / 'sparsemat-nuke')!r})
 import sparsemat_nuke
 assert sparsemat_nuke.add_site_packages()
-from sparsemat_nuke import core
-client = core.import_client()
+from sparsemat.plugin import host
+client = host.import_client()
 import numpy, zmq, msgpack
 print(client.__file__, numpy.__file__, zmq.__file__, msgpack.__file__, "torch" in sys.modules)
 """

@@ -25,11 +25,12 @@ for _path in (str(STANDIN), str(INTEGRATION)):
         sys.path.insert(0, _path)
 
 import nuke  # noqa: E402  (the stand-in)
-from sparsemat_nuke import core, exr  # noqa: E402
+from sparsemat_nuke import core  # noqa: E402
 from sparsemat_nuke import node as sparsemat_node  # noqa: E402
 from sparsemat_nuke import render as sparsemat_render  # noqa: E402
 from sparsemat_nuke import work as sparsemat_work  # noqa: E402
 
+from sparsemat.plugin import exr, host  # noqa: E402
 from sparsemat.plugin.client import EngineClient  # noqa: E402
 
 KEYFRAMES = 2
@@ -52,9 +53,9 @@ def scratch(tmp_path_factory):
     folder = tmp_path_factory.mktemp("nuke-scratch")
     saved = os.environ.get("SPARSEMAT_NUKE_TEMP")
     os.environ["SPARSEMAT_NUKE_TEMP"] = str(folder)
-    core._session = None
+    host.forget_session_folders()
     yield folder
-    core._session = None
+    host.forget_session_folders()
     if saved is None:
         os.environ.pop("SPARSEMAT_NUKE_TEMP", None)
     else:
@@ -99,7 +100,7 @@ def new_session(script: str) -> None:
     sparsemat_work._registered = False
     sparsemat_node._failed.clear()
     sparsemat_work._jobs.clear()
-    core.tracker = core.StreamTracker()
+    sparsemat_work.tracker = host.StreamTracker()
     nuke.standin_startup(str(INTEGRATION))
     nuke.root()["name"].setValue(script)
 
@@ -178,7 +179,7 @@ def test_the_driver_renders_frames_equal_to_sparsemat_matte(engine, plate, cli_a
         assert np.array_equal(rgb, frame), "the plate passes through untouched"
     assert group["status"].value().startswith("frame 5: ") and "active" in group["status"].value()
     assert "cpu" in group["status"].value()
-    leftovers = [p.name for p in Path(core.session_folder()).rglob("source.*")]
+    leftovers = [p.name for p in Path(host.session_folder("nuke", core.SCRATCH_ENVIRONMENT)).rglob("source.*")]
     assert not leftovers, "rendered plates are removed once matted"
 
     # Into a new layer: the plate's rgba is left alone and the matte lands in <layer>.alpha.
@@ -290,7 +291,7 @@ def test_cancelling_a_range_stops_before_the_next_frame(engine, plate, tmp_path)
     thread = sparsemat_work.matte_frame_range(group)
     wait_for(group)
     assert not thread.is_alive() and group["status"].value() == "cancelled before frame 1"
-    assert not list(Path(core.session_folder()).rglob("source.*")), "the frame rendered ahead is removed"
+    assert not list(Path(host.session_folder("nuke", core.SCRATCH_ENVIRONMENT)).rglob("source.*")), "the frame rendered ahead is removed"
 
 
 def test_the_command_line_driver_mattes_then_renders_every_view(engine, plate, cli_alphas, tmp_path):
@@ -305,7 +306,7 @@ def test_the_command_line_driver_mattes_then_renders_every_view(engine, plate, c
         pixels, names = exr.read(str(tmp_path / "out" / f"out.{view}.0001.exr"))
         assert np.array_equal(pixels[..., names.index("A")], cli_alphas[1]), view
         stream = core.stream_id(nuke.root().name(), group.fullName(), view)
-        assert core.tracker.last(stream, sparsemat_node.settings(group)) == 1, view
+        assert sparsemat_work.tracker.last(stream, sparsemat_node.settings(group)) == 1, view
     assert not (tmp_path / "out" / "out.main.0001.exr").exists()
 
 
@@ -324,9 +325,9 @@ def test_the_command_line_driver_says_what_is_wrong_in_one_line(tmp_path, capsys
 
 def test_remote_engines_get_the_pixels_inline(engine, plate, cli_alphas, tmp_path, monkeypatch):
     """A remote address sends the rendered plate's pixels in the message (read here with the numpy EXR reader)."""
-    assert core.transport("ipc:///run/x.sock") == "file" and core.transport("tcp://127.0.0.1:5555") == "file"
-    assert core.transport("tcp://localhost:5555") == "file" and core.transport("tcp://render07:5555") == "inline"
-    monkeypatch.setattr(core, "transport", lambda address: "inline")
+    assert host.transport("ipc:///run/x.sock") == "file" and host.transport("tcp://127.0.0.1:5555") == "file"
+    assert host.transport("tcp://localhost:5555") == "file" and host.transport("tcp://render07:5555") == "inline"
+    monkeypatch.setattr(host, "transport", lambda address: "inline")
     sent = []
     original = EngineClient.matte
 
@@ -337,8 +338,8 @@ def test_remote_engines_get_the_pixels_inline(engine, plate, cli_alphas, tmp_pat
     monkeypatch.setattr(EngineClient, "matte", observed)
     source = tmp_path / "source.main.0001.exr"
     exr.write(str(source), plate[1][0], ("R", "G", "B"), half=True, compression=exr.NONE)
-    settings = core.Settings(address=engine, keyframe_interval=KEYFRAMES)
-    stats = core.matte(settings, "inline-test", 1, str(source), str(tmp_path / "alpha.exr"))
+    settings = host.Settings(address=engine, keyframe_interval=KEYFRAMES)
+    stats = host.matte(settings, "inline-test", 1, str(source), str(tmp_path / "alpha.exr"))
     assert sent == [(np.dtype(np.float16), None, "inline")]
     assert np.array_equal(exr.read(str(tmp_path / "alpha.exr"))[0][..., 0], cli_alphas[1])
     assert not source.exists() and stats["reused"] is False
@@ -414,16 +415,16 @@ def test_an_unreachable_engine_is_a_node_error(tmp_path):
     assert len(nuke.messages) == 2 and "not answering at ipc://" in nuke.messages[1]
     assert "sparsemat engine start" in group["status"].value()
     assert group.hasError()
-    assert not list(Path(core.session_folder()).rglob("source.*")), "the rendered plate is removed"
+    assert not list(Path(host.session_folder("nuke", core.SCRATCH_ENVIRONMENT)).rglob("source.*")), "the rendered plate is removed"
 
 
 def test_an_unreachable_engine_leaves_no_rendered_inputs(tmp_path):
     source, prior = tmp_path / "source.main.0001.exr", tmp_path / "prior.main.0001.exr"
     for path in (source, prior):
         exr.write(str(path), np.zeros((4, 4), np.float32))
-    settings = core.Settings(address=f"ipc://{tmp_path}/nobody.sock", timeout=0.1)
+    settings = host.Settings(address=f"ipc://{tmp_path}/nobody.sock", timeout=0.1)
     with pytest.raises(Exception, match="no SparseMat engine at .*nobody.sock: its socket file"):
-        core.matte(settings, "down", 1, str(source), str(tmp_path / "alpha.exr"), str(prior))
+        host.matte(settings, "down", 1, str(source), str(tmp_path / "alpha.exr"), str(prior))
     assert not source.exists() and not prior.exists()
 
 
@@ -460,12 +461,12 @@ group = nuke.allNodes("Group")[-1]
 group["address"].setValue("ipc://{tmp_path}/none.sock")
 group["timeout"].setValue(0.1)
 import sparsemat_nuke.node as n
-from sparsemat_nuke import core
+from sparsemat.plugin import host
 values, files = n.sync(group)
 try:
-    core.matte(values, "s", 1, "{tmp_path}/missing.exr", "{tmp_path}/alpha.exr")
+    host.matte(values, "s", 1, "{tmp_path}/missing.exr", "{tmp_path}/alpha.exr")
 except Exception as exc:
-    print("error:", core.describe(exc, values.address))
+    print("error:", host.describe(exc, values.address))
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "OpenImageIO", "PyOpenColorIO")
                 or m.startswith("sparsemat.engine"))
 print("client" if "sparsemat.plugin.client" in sys.modules else "no client", loaded)
@@ -479,15 +480,15 @@ print("client" if "sparsemat.plugin.client" in sys.modules else "no client", loa
 # ---- plain-Python pieces -------------------------------------------------------------------------------------
 
 def test_frame_ranges_pre_roll_and_assert_expressions():
-    assert core.parse_frames("", 3, 6) == [3, 4, 5, 6]
-    assert core.parse_frames("1-10x3, 12", 0, 0) == [1, 4, 7, 10, 12]
-    with pytest.raises(core.MatteError):
-        core.parse_frames("5-1", 0, 0)
-    keyed = core.Settings(address="ipc://x", keyframe_interval=10)
-    assert core.with_preroll([23, 24], keyed, None, 1) == [20, 21, 22, 23, 24]
-    assert core.with_preroll([23], keyed, 22, 1) == [23]  # the stream continues
-    assert core.with_preroll([3], keyed, None, 1) == [1, 2, 3]  # no further back than the input
-    assert core.with_preroll([23], core.Settings(address="ipc://x"), None, 1) == [23]
+    assert host.parse_frames("", 3, 6) == [3, 4, 5, 6]
+    assert host.parse_frames("1-10x3, 12", 0, 0) == [1, 4, 7, 10, 12]
+    with pytest.raises(host.MatteError):
+        host.parse_frames("5-1", 0, 0)
+    keyed = host.Settings(address="ipc://x", keyframe_interval=10)
+    assert host.with_preroll([23, 24], keyed, None, 1) == [20, 21, 22, 23, 24]
+    assert host.with_preroll([23], keyed, 22, 1) == [23]  # the stream continues
+    assert host.with_preroll([3], keyed, None, 1) == [1, 2, 3]  # no further back than the input
+    assert host.with_preroll([23], host.Settings(address="ipc://x"), None, 1) == [23]
     assert core.assert_expression(set()) == "1"
     assert core.assert_expression({3, 5, 6, 7}) == "!(frame==3||(frame>=5&&frame<=7))"
     assert [nuke._evaluate(core.assert_expression({3, 5, 6, 7}), f) for f in range(2, 9)] == \
@@ -500,12 +501,12 @@ def test_frame_ranges_pre_roll_and_assert_expressions():
 
 def test_the_status_line_names_the_engines_mode():
     stats = {"seconds": 0.5, "active_fraction": 0.25, "engine": "cpu, SparseMat (x.pth)"}
-    assert core.status_line(3, {**stats, "mode": "full", "reused": True}) == \
+    assert host.status_line(3, {**stats, "mode": "full", "reused": True}) == \
         "frame 3: 0.50 s, active 25.0% (temporal), engine cpu, SparseMat (x.pth)"
-    assert "(full)" in core.status_line(3, {**stats, "mode": "full", "reused": False})
+    assert "(full)" in host.status_line(3, {**stats, "mode": "full", "reused": False})
     # cascade and rescale refine without the previous frame, whatever "reused" says; guided says so
     for mode in ("cascade", "rescale", "guided"):
-        assert f"({mode})" in core.status_line(3, {**stats, "mode": mode, "reused": True}), mode
+        assert f"({mode})" in host.status_line(3, {**stats, "mode": mode, "reused": True}), mode
 
 
 @pytest.mark.parametrize("compression", ["none", "zips", "zip", "piz"])

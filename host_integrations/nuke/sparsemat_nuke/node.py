@@ -17,6 +17,8 @@ import threading
 
 import nuke
 
+from sparsemat.plugin import host
+
 from . import __version__, core
 
 MARKER = "sparsemat_version"  # hidden knob that marks a Group as a SparseMat node
@@ -54,7 +56,7 @@ def _knob(group, knob, value=None, tooltip: str = ""):
 
 def _add_knobs(group) -> None:
     try:
-        address = core.default_address()
+        address = host.default_address()
     except ImportError:  # msgpack missing: the node still builds, and says what to install when used
         address = ""
     command = "import sparsemat_nuke.work\nsparsemat_nuke.work.{}(nuke.thisNode())"
@@ -71,7 +73,7 @@ def _add_knobs(group) -> None:
     _knob(group, nuke.Int_Knob("keyframe_interval", "keyframe interval"), 0,
           "When > 0, frames that are multiples of it are computed in full, and a render starting "
           "elsewhere first re-mattes the frames since the last one: results do not depend on farm chunks.")
-    _knob(group, nuke.String_Knob("colourspace", "input colourspace"), core.DEFAULT_COLOURSPACE,
+    _knob(group, nuke.String_Knob("colourspace", "input colourspace"), host.DEFAULT_COLOURSPACE,
           "Colourspace of the input's pixels as rendered raw: linear (scene-linear Rec.709), srgb, or an "
           "OpenColorIO colourspace name of the engine's config (ACEScg, ...).")
     _knob(group, nuke.Enumeration_Knob("output", "output", list(core.OUTPUT_CHANNELS)), "rgba.alpha",
@@ -134,11 +136,11 @@ def is_sparsemat(node) -> bool:
 
 def settings(group) -> core.Settings:
     return core.Settings(
-        address=group["address"].value().strip() or core.default_address(),
+        address=group["address"].value().strip() or host.default_address(),
         checkpoint=group["checkpoint"].value().strip(),
         temporal=bool(group["temporal"].value()),
         keyframe_interval=max(0, int(group["keyframe_interval"].value())),
-        colourspace=group["colourspace"].value().strip() or core.DEFAULT_COLOURSPACE,
+        colourspace=group["colourspace"].value().strip() or host.DEFAULT_COLOURSPACE,
         channel=core.output_channel(group["output"].value(), group["layer"].value()),
         timeout=float(group["timeout"].value()))
 
@@ -193,7 +195,7 @@ def knob_changed() -> None:
     if knob is not None and knob.name() in ("output", "layer"):
         try:
             channel = core.output_channel(group["output"].value(), group["layer"].value())
-        except core.MatteError as exc:
+        except host.MatteError as exc:
             group["status"].setValue(f"error: {exc}")
             return
         _ensure_layer(channel)

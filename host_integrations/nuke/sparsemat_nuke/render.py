@@ -18,7 +18,8 @@ import sys
 
 import nuke
 
-from sparsemat_nuke import core, work
+from sparsemat.plugin import host
+from sparsemat_nuke import work
 
 
 def render(writes: list, frames: list, views: list | None = None) -> None:
@@ -46,8 +47,8 @@ def main(argv: list) -> int:
         print("sparsemat: error: FRAMES is empty; give frames such as 1001-1100", file=sys.stderr)
         return 2
     try:  # before opening the script: a typo fails at once
-        frames = core.parse_frames(frame_text, 0, -1)
-    except core.MatteError as exc:
+        frames = host.parse_frames(frame_text, 0, -1)
+    except host.MatteError as exc:
         print(f"sparsemat: error: {exc}", file=sys.stderr)
         return 2
     if not os.path.isfile(script):

@@ -24,6 +24,8 @@ from concurrent.futures import Future
 
 import nuke
 
+from sparsemat.plugin import host
+
 from . import core
 from .node import (ALPHA_READ, PRIOR_WRITE, SOURCE_WRITE, input_range, is_sparsemat, settings, show_error,
                    show_failure, show_status, show_success, sync)
@@ -31,6 +33,7 @@ from .node import (ALPHA_READ, PRIOR_WRITE, SOURCE_WRITE, input_range, is_sparse
 _lock = threading.Lock()
 _jobs: dict[str, object] = {}  # node full name -> the worker matting it (or the finished terminal-mode job)
 _registered = False
+tracker = host.StreamTracker()  # the last frame each stream matted in this process
 
 
 class _Finished:
@@ -59,9 +62,9 @@ def render_inputs(name: str, files: core.Paths, frame: int, view: str) -> tuple[
     ``files``: what ``sync`` returned when the work began (it pointed the internal nodes there)."""
     group = nuke.toNode(name)
     if group is None:
-        raise core.MatteError(f"the node {name} no longer exists")
+        raise host.MatteError(f"the node {name} no longer exists")
     if group.input(0) is None:
-        raise core.MatteError(f"{name}: nothing is connected to the Source input")
+        raise host.MatteError(f"{name}: nothing is connected to the Source input")
     source = core.frame_path(files.source, frame, view)
     os.makedirs(os.path.dirname(source), exist_ok=True)
     _execute(group.node(SOURCE_WRITE), frame, view)
@@ -109,8 +112,8 @@ def matte_frame_range(group=None):
     group = group or nuke.thisNode()
     first, last = input_range(group)
     try:
-        frames = core.parse_frames(group["frames"].value(), first, last)
-    except core.MatteError as exc:  # a typo in the knob: nothing was matted, so no frame has failed
+        frames = host.parse_frames(group["frames"].value(), first, last)
+    except host.MatteError as exc:  # a typo in the knob: nothing was matted, so no frame has failed
         show_error(group.fullName(), f"{group.fullName()}: {exc}", dialog=True)
         return None
     return _start([group], frames, progress=True)
@@ -150,7 +153,7 @@ def _start(groups: list, frames: list, progress: bool, then=None):
     for group in groups:
         try:
             plans.append((group.fullName(), *sync(group), input_range(group)[0]))
-        except core.MatteError as exc:
+        except host.MatteError as exc:
             show_failure(group.fullName(), frames[0], str(exc), dialog=True)
             return None
     script, views = nuke.root().name(), list(nuke.views())
@@ -184,7 +187,7 @@ def _discard(future: Future | None) -> None:
         source, prior, _ = future.result()
     except Exception:
         return
-    core.remove_files(source, prior)
+    host.remove_files(source, prior)
 
 
 def _run_job(plans: list, script: str, frames: list, views: list, progress: bool, then) -> None:
@@ -206,13 +209,13 @@ def _run_job(plans: list, script: str, frames: list, views: list, progress: bool
 def _matte_view(task, label, name, script, values, files, frames, view, first) -> bool:
     """One node's frames in one view, pre-rolled from their keyframe; False when it failed or was cancelled."""
     stream = core.stream_id(script, name, view)
-    work = core.with_preroll(frames, values, core.tracker.last(stream, values), first)
+    work = host.with_preroll(frames, values, tracker.last(stream, values), first)
     pending = _in_main_thread(render_inputs, name, files, work[0], view)
     try:
         for index, frame in enumerate(work):
             if task is not None:
                 if task.isCancelled():
-                    core.tracker.matted(stream, values, None)
+                    tracker.matted(stream, values, None)
                     _later(show_status, name, f"cancelled before frame {frame}")
                     return False
                 task.setMessage(f"{label}: frame {frame}")
@@ -220,14 +223,14 @@ def _matte_view(task, label, name, script, values, files, frames, view, first) -
                 source, prior, alpha = pending.result()
                 pending = (_in_main_thread(render_inputs, name, files, work[index + 1], view)
                            if index + 1 < len(work) else None)
-                stats = core.matte(values, stream, frame, source, alpha, prior)
+                stats = host.matte(values, stream, frame, source, alpha, prior)
             except Exception as exc:
-                core.tracker.matted(stream, values, None)
-                message = f"{name}, frame {frame}: {core.describe(exc, values.address)}"
+                tracker.matted(stream, values, None)
+                message = f"{name}, frame {frame}: {host.describe(exc, values.address)}"
                 _later(show_failure, name, frame, message, True)
                 return False
-            core.tracker.matted(stream, values, frame)
-            _later(show_success, name, frame, core.status_line(frame, stats))
+            tracker.matted(stream, values, frame)
+            _later(show_success, name, frame, host.status_line(frame, stats))
             if task is not None:
                 task.setProgress(int(100 * (index + 1) / len(work)))
         return True
@@ -296,22 +299,22 @@ def matte_now(group, frame: int, view: str = "main") -> dict:
     name = group.fullName()
     try:
         values, files = sync(group)
-    except core.MatteError as exc:
+    except host.MatteError as exc:
         show_failure(name, frame, str(exc), dialog=False)
         raise RuntimeError(str(exc)) from exc
     stream = core.stream_id(nuke.root().name(), name, view)
     stats: dict = {}
-    for current in core.with_preroll([frame], values, core.tracker.last(stream, values), input_range(group)[0]):
+    for current in host.with_preroll([frame], values, tracker.last(stream, values), input_range(group)[0]):
         try:
             source, prior, alpha = render_inputs(name, files, current, view)
-            stats = core.matte(values, stream, current, source, alpha, prior)
+            stats = host.matte(values, stream, current, source, alpha, prior)
         except Exception as exc:
-            core.tracker.matted(stream, values, None)
-            message = f"{name}, frame {current}: {core.describe(exc, values.address)}"
+            tracker.matted(stream, values, None)
+            message = f"{name}, frame {current}: {host.describe(exc, values.address)}"
             show_failure(name, frame, message, dialog=False)
             raise RuntimeError(message) from exc
-        core.tracker.matted(stream, values, current)
-        show_success(name, current, core.status_line(current, stats))
+        tracker.matted(stream, values, current)
+        show_success(name, current, host.status_line(current, stats))
     return stats
 
 

@@ -1,8 +1,8 @@
-"""A minimal OpenEXR reader and writer in numpy and zlib, for the Nuke host.
+"""A minimal OpenEXR reader and writer in numpy and zlib, for the hosts' own Pythons.
 
-Nuke's Python has neither OpenImageIO nor OpenEXR bindings, and the node only
-ever handles two kinds of files, both of which it chooses itself: the plate that
-its internal Write renders (scanline, half or float, uncompressed or zip) and the
+Neither Nuke's nor Blender's Python has OpenImageIO or OpenEXR bindings, and a host
+integration only ever handles two kinds of files, both of which it chooses itself: the
+plate its host renders (scanline, half or float, uncompressed or zip) and the
 single-channel alpha it writes back. This module covers exactly that much of the
 format (OpenEXR 2, single part, scanline, compression NONE, ZIPS or ZIP; channel
 types HALF, FLOAT, UINT) and refuses anything else with a clear ``ExrError``, so a
@@ -197,7 +197,7 @@ def _read_with_openimageio(path: str, wanted, reason: ExrError) -> tuple[np.ndar
     try:
         import OpenImageIO as oiio
     except ImportError:
-        raise ExrError(f"{reason} (install OpenImageIO in Nuke's Python to read other EXRs)") from None
+        raise ExrError(f"{reason} (install OpenImageIO in the host's Python to read other EXRs)") from None
     image = oiio.ImageInput.open(path)
     if image is None:
         raise ExrError(f"cannot read '{path}': {oiio.geterror()}")
