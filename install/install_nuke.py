@@ -24,26 +24,17 @@ or ``--uninstall``.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from client_packages import IGNORED, REPO, InstallError, install_client, read_record, write_record
+
 SOURCE = REPO / "host_integrations" / "nuke"
-CLIENT = REPO / "plugin"
 FOLDER = "sparsemat-nuke"
-RECORD = "install-record.json"
 BEGIN = "# >>> SparseMat for Nuke (install/install_nuke.py; remove with --uninstall) >>>"
 END = "# <<< SparseMat for Nuke <<<"
-DEPENDENCIES = ("pyzmq>=25", "msgpack>=1.0", "numpy>=1.24")
-IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
-
-
-class InstallError(RuntimeError):
-    pass
 
 
 def block(plugin_folder: Path) -> str:
@@ -54,20 +45,9 @@ def _block_pattern() -> re.Pattern:
     return re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
 
 
-def _read_record(target: Path) -> dict:
-    try:
-        return json.loads((target / RECORD).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_record(target: Path, record: dict) -> None:
-    (target / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-
-
 def install(nuke_path: Path, python_versions: list[str], deps: bool, say=print) -> Path:
     target = nuke_path / FOLDER
-    record = _read_record(target)
+    record = read_record(target)
     if target.exists() and not record:
         raise InstallError(f"{target} exists but was not made by this installer; move it away first")
     fresh = not record
@@ -77,7 +57,7 @@ def install(nuke_path: Path, python_versions: list[str], deps: bool, say=print) 
     nuke_path.mkdir(parents=True, exist_ok=True)
     target.mkdir(exist_ok=True)
     # Recorded first: a run killed halfway still leaves a folder that a retry or --uninstall accepts.
-    _write_record(target, record)
+    write_record(target, record)
     try:
         _copy_files(target, python_versions, deps, record, say)
     except BaseException:
@@ -98,7 +78,7 @@ def install(nuke_path: Path, python_versions: list[str], deps: bool, say=print) 
             record["newline_added"] = True
         text += block(target)
     init.write_text(text)
-    _write_record(target, record)
+    write_record(target, record)
     say(f"installed SparseMat for Nuke in {target} (plug-in path added to {init})")
     return target
 
@@ -112,19 +92,7 @@ def _copy_files(target: Path, python_versions: list[str], deps: bool, record: di
     shutil.copytree(SOURCE / "sparsemat_nuke", target / "sparsemat_nuke", ignore=IGNORED)
 
     for version in python_versions:
-        site = target / "lib" / f"python{version}" / "site-packages"
-        site.mkdir(parents=True, exist_ok=True)
-        client = site / "sparsemat" / "plugin"
-        shutil.rmtree(client, ignore_errors=True)
-        shutil.copytree(CLIENT, client, ignore=IGNORED)  # sparsemat/ stays a namespace package
-        if deps:
-            command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                       "--upgrade", "--target", str(site), "--python-version", version, "--only-binary=:all:",
-                       *DEPENDENCIES]
-            say(f"installing {', '.join(DEPENDENCIES)} for Python {version}")
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise InstallError(f"pip failed for Python {version}:\n{result.stderr.strip() or result.stdout}")
+        install_client(target / "lib" / f"python{version}" / "site-packages", version, deps, say)
         if version not in record["python_versions"]:
             record["python_versions"].append(version)
 
@@ -139,7 +107,7 @@ def _remove_folder(nuke_path: Path, target: Path, record: dict) -> None:
 
 def uninstall(nuke_path: Path, say=print) -> None:
     target = nuke_path / FOLDER
-    record = _read_record(target)
+    record = read_record(target)
     if target.exists() and not record:
         raise InstallError(f"{target} was not made by this installer; not removing it")
     init = nuke_path / "init.py"

@@ -21,7 +21,6 @@ import mmap
 import os
 import uuid
 import weakref
-from multiprocessing import resource_tracker
 
 import numpy as np
 
@@ -56,6 +55,10 @@ class SharedBlock:
         finally:
             os.close(descriptor)
         # As multiprocessing.shared_memory does: a client that dies without closing leaves no block.
+        # Imported here, not above: only shared memory needs it, and multiprocessing imported by a
+        # ``blender -b --python`` script makes Blender 3.4 crash as it exits (exit status 139).
+        from multiprocessing import resource_tracker
+
         resource_tracker.register("/" + self.name, "shared_memory")
         self._lent: list[weakref.ref | None] = [None] * ALPHA_SLOTS
 
@@ -88,5 +91,7 @@ class SharedBlock:
             os.unlink(self._path)
         except FileNotFoundError:
             pass
+        from multiprocessing import resource_tracker
+
         resource_tracker.unregister("/" + self.name, "shared_memory")
         self._map = None

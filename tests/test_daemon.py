@@ -16,7 +16,7 @@ import pytest
 
 from conftest import TEST_ENGINE_IDLE_EXIT, run_cli, scaled, stop_engine, write_rgb
 from sparsemat.engine.validation import EXIT_FAILED, EXIT_IN_USE, EXIT_UNAVAILABLE, EXIT_USAGE
-from sparsemat.plugin.client import EngineClient, EngineUnavailable, start_command
+from sparsemat.plugin.client import EngineClient, start_command
 from sparsemat.plugin.runtime import RuntimeFolderError, default_address, private_folder
 
 

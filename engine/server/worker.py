@@ -10,7 +10,6 @@ import traceback
 
 import numpy as np
 import torch
-import zmq
 
 from sparsemat.plugin import protocol
 from sparsemat.plugin.protocol import ProtocolError

@@ -27,7 +27,7 @@ import nuke
 from sparsemat.plugin import host
 
 from . import core
-from .node import (ALPHA_READ, PRIOR_WRITE, SOURCE_WRITE, input_range, is_sparsemat, settings, show_error,
+from .node import (ALPHA_READ, PRIOR_WRITE, SOURCE_WRITE, input_range, is_sparsemat, show_error,
                    show_failure, show_status, show_success, sync)
 
 _lock = threading.Lock()
