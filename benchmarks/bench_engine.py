@@ -418,26 +418,25 @@ def worker(cfg: dict) -> dict:
 
 def refine_breakdown(matter, frame, prior, sync, cfg) -> dict:
     """Time the torch backend's sparse convolutions by kind during one frame, by wrapping the
-    plan's ``conv`` and its rulebook builder in this process only; the engine is untouched.
+    plan's ``conv`` and its construction in this process only; the engine is untouched.
 
     kinds: ``subm`` (submanifold), ``down`` (strided), ``up`` (inverse); ``plan`` is the
-    building of the rulebooks (done lazily inside the first convolution that needs
-    them). ``real_rows``: the share of the rows ``gather_conv`` gathers that are real neighbours
-    rather than the zero row."""
+    building of the rulebooks (all of them, when the plan is made). ``real_rows``: the share of
+    the rows ``gather_conv`` gathers that are real neighbours rather than the zero row."""
     from sparsemat.engine.model import backends
 
     plan_cls = backends.TorchPlan
-    orig_conv, orig_builder = plan_cls.conv, plan_cls.rulebook
+    orig_conv, orig_init = plan_cls.conv, plan_cls.__init__
     ms = {"plan": 0.0, "subm": 0.0, "down": 0.0, "up": 0.0}
     rows = {k: [0, 0] for k in ("subm", "down", "up")}
     flops = {k: [0.0, 0.0] for k in ("subm", "down", "up")}
 
-    def builder(self, rule):
+    def init(self, mask, rules):
+        sync()
         start = time.perf_counter()
-        out = orig_builder(self, rule)
+        orig_init(self, mask, rules)
         sync()
         ms["plan"] += (time.perf_counter() - start) * 1000.0
-        return out
 
     def gathered_rows(book, n_in) -> tuple[int, int]:
         """(real, gathered) rows of a rulebook: its entries are (k, output rows, input rows)."""
@@ -447,11 +446,11 @@ def refine_breakdown(matter, frame, prior, sync, cfg) -> dict:
     def conv(self, rule, features, weight, bias):
         kind = backends.parse_rule(rule)[0]
         sync()
-        plan_before, start = ms["plan"], time.perf_counter()
+        start = time.perf_counter()
         out = orig_conv(self, rule, features, weight, bias)
         sync()
-        ms[kind] += (time.perf_counter() - start) * 1000.0 - (ms["plan"] - plan_before)
-        real, gathered = gathered_rows(orig_builder(self, rule), features.shape[0])  # cached: not timed
+        ms[kind] += (time.perf_counter() - start) * 1000.0
+        real, gathered = gathered_rows(self.rulebooks[rule], features.shape[0])
         rows[kind][0] += real
         rows[kind][1] += gathered
         per_row = 2.0 * weight.shape[1] * weight.shape[2]
@@ -460,14 +459,14 @@ def refine_breakdown(matter, frame, prior, sync, cfg) -> dict:
         return out
 
     plan_cls.conv = conv
-    plan_cls.rulebook = builder
+    plan_cls.__init__ = init
     try:
         if cfg["quiet_wait"] > 0:
             wait_quiet(cfg["quiet_wait"], threshold=cfg["busy_limit"])
         _, _, stats = matter.matte(frame, None, prior=prior)
     finally:
         plan_cls.conv = orig_conv
-        plan_cls.rulebook = orig_builder
+        plan_cls.__init__ = orig_init
     refine = stats.ms["refine"]
     return {"refine_ms": refine, "ms": ms, "other_ms": refine - sum(ms.values()),
             "real_rows": {k: v[0] / max(1, v[1]) for k, v in rows.items()},

@@ -30,7 +30,6 @@ from .guided import refine_band
 from .model import SparseMat
 from .model.backends import make_plan
 from .model.lpn import resize_like
-from .model.sparse import Sites
 from .sparsity import Masks, compose, sparsity_masks, spatial_band
 from .validation import MAX_PIXELS, MIN_PIXELS, FrameError, non_finite_values, prior_input_size
 
@@ -76,7 +75,7 @@ def _finite_range(values: torch.Tensor, source: torch.Tensor, name: str) -> tupl
     """(min, max) of ``values`` in one pass; NaN reaches both, so a non-finite one raises FrameError
     naming the first bad pixel of ``source`` (what ``values`` were computed from). Values that
     overflowed from huge finite ones (3e38 doubled) are infinite but not an error: they clip."""
-    low, high = (value.item() for value in torch.aminmax(values))
+    low, high = torch.stack(torch.aminmax(values)).tolist()  # one host synchronisation for both
     if not (math.isfinite(low) and math.isfinite(high)):
         bad = non_finite_values(source.cpu().numpy())
         if bad is not None:
@@ -132,14 +131,40 @@ class Matter:
         self.model = None if model is None else model.to(self.device, self.dtype).eval()
         self.max_pixels = _checked_budget(max_pixels)
         self.backend = backend
+        self._staging: torch.Tensor | None = None  # pinned host copy of the last frame (CUDA only)
 
     @contextmanager
-    def _stage(self, stats: FrameStats, name: str):
-        start = time.perf_counter()
+    def _stage(self, stats: FrameStats, name: str, events: list):
+        """Time a stage: by the wall clock on CPU; on CUDA by events on the stream, read once the
+        frame is done (``_read_events``), so timing adds no wait of its own between stages."""
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            yield
+            stats.ms[name] = stats.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        stats.ms[name] = stats.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+        end.record()
+        events.append((name, start, end))
+
+    @staticmethod
+    def _read_events(stats: FrameStats, events: list) -> None:
+        if events:
+            events[-1][2].synchronize()  # the frame's one wait: its alpha is copied to the host next anyway
+        for name, start, end in events:
+            stats.ms[name] = stats.ms.get(name, 0.0) + start.elapsed_time(end)
+
+    def _to_device(self, frame_rgb: torch.Tensor) -> torch.Tensor:
+        """The frame as float32 on the device. To CUDA from the host: through a pinned staging buffer
+        the Matter reuses, copied without blocking; the buffer is written again only by the next
+        call, after this one's frame has been waited for (``_read_events``)."""
+        if self.device.type != "cuda" or frame_rgb.device.type != "cpu":
+            return frame_rgb.to(self.device, torch.float32)
+        if self._staging is None or self._staging.shape != frame_rgb.shape:
+            self._staging = torch.empty(frame_rgb.shape, dtype=torch.float32, pin_memory=True)
+        self._staging.copy_(frame_rgb)
+        return self._staging.to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None, prior: torch.Tensor | None = None,
@@ -163,33 +188,37 @@ class Matter:
         if state is not None and state.size != (height, width):
             stats.note = f"frame size {width}x{height} differs from the previous {state.size[1]}x{state.size[0]}: new stream"
             state = None
-        image = normalize(frame_rgb.to(self.device, torch.float32))
+        frame = self._to_device(frame_rgb)
+        image = normalize(frame)
+        events: list = []
 
-        with self._stage(stats, "prior"):
+        with self._stage(stats, "prior", events):
             prior_lr, context = self._prior(image, prior_input) if self.model is not None else (None, None)
             if prior is not None:
                 prior_lr = checked_prior(prior.to(self.device, torch.float32))[None, None]
             prior = resize_like(prior_lr, image)
-        with self._stage(stats, "masks"):
+        with self._stage(stats, "masks", events):
             masks = sparsity_masks(prior, image, None if state is None else state.frame)
-            n_active = int(masks.refine.sum().item())
-            stats.spatial_pixels = int(masks.band.sum().item())
-            stats.temporal_pixels = height * width if masks.changed is None else int(masks.changed.sum().item())
+            counted = [masks.refine, masks.band] + ([] if masks.changed is None else [masks.changed])
+            sums = torch.stack([m.sum(dtype=torch.float64) for m in counted]).tolist()  # one synchronisation
+            n_active, stats.spatial_pixels, *changed = (int(n) for n in sums)
+            stats.temporal_pixels = changed[0] if changed else height * width
             stats.masks = masks
 
         if n_active <= budget or self.model is None:
             stats.active_pixels = n_active
             stats.reused = state is not None
-            with self._stage(stats, "refine"):
+            with self._stage(stats, "refine", events):
                 if self.model is None:
                     stats.mode = "guided"
-                    refined = refine_band(clipped_planes(frame_rgb.to(self.device, torch.float32)), prior, masks.refine)
+                    refined = refine_band(clipped_planes(frame), prior, masks.refine)
                 else:
                     refined = self._refine(image, prior, masks.refine, context)
-            with self._stage(stats, "compose"):
+            with self._stage(stats, "compose", events):
                 alpha = compose(refined, masks, prior, None if state is None else state.alpha)
         else:  # the cascade computes the frame afresh: nothing of the previous frame is reused
-            alpha = self._over_budget(image, prior_lr, context, n_active, budget, stats)
+            alpha = self._over_budget(image, prior_lr, context, n_active, budget, stats, events)
+        self._read_events(stats, events)
         return alpha[0, 0], MatteState(image, alpha), stats
 
     def _prior(self, image: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,12 +228,12 @@ class Matter:
 
     def _refine(self, image, prior, mask, context) -> torch.Tensor:
         """Dense refined alpha, valid where ``mask`` is set (zero elsewhere)."""
-        sites = Sites.from_mask(mask[0, 0] > 0)
+        plan = make_plan(self.backend, mask[0, 0] > 0, self.model.shm.rules)
+        sites = plan.sites
         if sites.count == 0:
             return torch.zeros_like(prior)
         y, x = sites.coords[:, 0], sites.coords[:, 1]
         inputs = torch.cat([image[0, :, y, x], (prior[0, :, y, x] - 0.5) / 0.5]).T.contiguous()
-        plan = make_plan(self.backend, sites)
         alpha = self.model.shm(inputs.to(self.dtype), plan, context.to(self.dtype), prior.to(self.dtype))
         return sites.scatter(alpha.float())[None, None]
 
@@ -220,10 +249,10 @@ class Matter:
         masks = Masks(band, band, None, None)
         return compose(self._refine(scaled, prior, band, context), masks, prior, None), n_band
 
-    def _over_budget(self, image, prior_lr, context, n_active, budget, stats) -> torch.Tensor:
+    def _over_budget(self, image, prior_lr, context, n_active, budget, stats, events) -> torch.Tensor:
         height, width = image.shape[2:]
         result = None
-        with self._stage(stats, "refine"):
+        with self._stage(stats, "refine", events):
             stats.mode = "cascade"
             current = prior_lr
             for scale in CASCADE_SCALES:
@@ -235,7 +264,7 @@ class Matter:
             if result is None:
                 stats.mode = "rescale"
                 result, stats.active_pixels = self._rescale(image, prior_lr, context, n_active, budget)
-        with self._stage(stats, "compose"):
+        with self._stage(stats, "compose", events):
             return F.interpolate(result, size=(height, width), mode="bilinear", align_corners=False)
 
     def _rescale(self, image, prior_lr, context, n_active, budget):

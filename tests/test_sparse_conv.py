@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import assert_faithful, make_checkpoint
 from sparsemat.engine.model.backends import make_plan, parse_rule, spconv_available
-from sparsemat.engine.model.sparse import Rulebook, Sites, downsample, gather_conv, submanifold_map
+from sparsemat.engine.model.sparse import Rulebook, Sites, downsample, gather_conv, site_levels, submanifold_map
 
 
 def dense_features(sites: Sites, features: torch.Tensor) -> torch.Tensor:
@@ -34,6 +34,13 @@ def level(request):
     return sites, torch.randn(sites.count, 5, generator=generator, dtype=torch.float64)
 
 
+def one_step(sites: Sites):
+    """The strided convolution's rulebooks from ``sites`` to the level below."""
+    fine, coarse = site_levels(sites.scatter(torch.ones(sites.count)) > 0, 1)
+    assert torch.equal(fine.coords, sites.coords)
+    return downsample(fine, coarse)
+
+
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_submanifold_equals_dense_conv_at_active_sites(level, dilation):
     sites, features = level
@@ -47,7 +54,7 @@ def test_submanifold_equals_dense_conv_at_active_sites(level, dilation):
 def test_strided_conv_sites_and_values_equal_dense_conv(level):
     sites, features = level
     weight = torch.randn(9, 5, 4, dtype=torch.float64)
-    step = downsample(sites)
+    step = one_step(sites)
     dense_mask = dense_features(sites, torch.ones(sites.count, 1, dtype=torch.float64))
     reached = F.max_pool2d(dense_mask, 3, stride=2, padding=1)[0, 0] > 0
     assert torch.equal(step.coarse.coords, torch.nonzero(reached))
@@ -58,7 +65,7 @@ def test_strided_conv_sites_and_values_equal_dense_conv(level):
 
 def test_inverse_conv_equals_transposed_conv(level):
     sites, _ = level
-    step = downsample(sites)
+    step = one_step(sites)
     coarse_features = torch.randn(step.coarse.count, 6, dtype=torch.float64)
     weight = torch.randn(9, 6, 3, dtype=torch.float64)
     ours = gather_conv(coarse_features, Rulebook.from_neighbours(step.inverse_map, step.coarse.count), weight)
@@ -101,9 +108,10 @@ def test_spconv_backend_matches_torch_backend_on_another_seed_and_odd_size(tmp_p
 @pytest.mark.skipif(not spconv_available(), reason="spconv is not installed (pip install '.[spconv]')")
 def test_spconv_plan_matches_torch_plan_per_rule():
     generator = torch.Generator().manual_seed(11)
-    sites = Sites.from_mask(torch.rand(40, 37, generator=generator) < 0.3)
-    features = torch.randn(sites.count, 8, generator=generator)
-    ours, theirs = make_plan("torch", sites), make_plan("spconv", sites)
+    mask = torch.rand(40, 37, generator=generator) < 0.3
+    rules = ("subm0", "subm0_d2", "down0", "up0")
+    ours, theirs = make_plan("torch", mask, rules), make_plan("spconv", mask, rules)
+    features = torch.randn(ours.sites.count, 8, generator=generator)
     weight, bias = torch.randn(9, 8, 8, generator=generator), torch.randn(8, generator=generator)
     for rule in ("subm0", "subm0_d2"):
         torch.testing.assert_close(ours.conv(rule, features, weight, bias), theirs.conv(rule, features, weight, bias),

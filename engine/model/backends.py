@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from .sparse import Downsample, Rulebook, Sites, downsample, gather_conv, submanifold_map
+from .sparse import Downsample, Sites, downsample, gather_conv, rulebooks, site_levels, submanifold_map
 
 BACKENDS = ("torch", "spconv")
 _RULE = re.compile(r"(subm|down|up)(\d)(?:_d(\d))?$")
@@ -23,53 +23,44 @@ def parse_rule(rule: str) -> tuple[str, int, int]:
     return kind, int(level), int(dilation or 1)
 
 
+def depth(rules) -> int:
+    """How many stride-2 levels below the full resolution ``rules`` reach."""
+    return max((level + (kind != "subm") for kind, level, _ in map(parse_rule, rules)), default=0)
+
+
 class TorchPlan:
-    """Neighbour maps of one frame, built on first use and shared by every layer that needs them."""
+    """Every rulebook ``rules`` need on one frame's active sites (``mask``, boolean H x W), built at
+    once: four host synchronisations in all (site counts, sites, entry counts, entry rows), however
+    many rules, so a GPU never waits on the host in between."""
 
-    def __init__(self, sites: Sites):
-        self.sites = sites
-        self._levels: list[Sites] = [sites]
-        self._downs: list[Downsample] = []
-        self._books: dict[str, Rulebook] = {}
-
-    def _down(self, level: int) -> Downsample:
-        while len(self._downs) <= level:
-            step = downsample(self._levels[-1])
-            self._downs.append(step)
-            self._levels.append(step.coarse)
-        return self._downs[level]
-
-    def _level(self, level: int) -> Sites:
-        if level > 0:
-            self._down(level - 1)
-        return self._levels[level]
-
-    def rulebook(self, rule: str) -> Rulebook:
-        if rule not in self._books:
+    def __init__(self, mask: torch.Tensor, rules):
+        levels = site_levels(mask, depth(rules))
+        self.sites = levels[0]
+        steps: dict[int, Downsample] = {}
+        maps = {}
+        for rule in rules:
             kind, level, dilation = parse_rule(rule)
-            if kind == "down":
-                step = self._down(level)
-                self._books[rule] = Rulebook.from_neighbours(step.forward_map, step.fine.count)
-            elif kind == "up":
-                step = self._down(level)
-                self._books[rule] = Rulebook.from_neighbours(step.inverse_map, step.coarse.count)
-            else:
-                sites = self._level(level)
-                self._books[rule] = Rulebook.from_neighbours(submanifold_map(sites, dilation), sites.count)
-        return self._books[rule]
+            if kind == "subm":
+                maps[rule] = (submanifold_map(levels[level], dilation), levels[level].count)
+                continue
+            if level not in steps:
+                steps[level] = downsample(levels[level], levels[level + 1])
+            step = steps[level]
+            maps[rule] = (step.forward_map, step.fine.count) if kind == "down" else (step.inverse_map, step.coarse.count)
+        self.rulebooks = rulebooks(maps)
 
     def conv(self, rule: str, features, weight, bias):
-        return gather_conv(features, self.rulebook(rule), weight, bias)
+        return gather_conv(features, self.rulebooks[rule], weight, bias)
 
 
 class SpconvPlan:
     """The same rules through spconv 2.x modules; weights are mapped to its ``[out, kh, kw, in]``."""
 
-    def __init__(self, sites: Sites):
+    def __init__(self, mask: torch.Tensor, rules=()):
         import spconv.pytorch as spconv  # optional dependency
 
         self._spconv = spconv
-        self.sites = sites
+        self.sites = sites = Sites.from_mask(mask)
         device = sites.coords.device
         indices = torch.cat([torch.zeros_like(sites.coords[:, :1]), sites.coords], dim=1).int()
         self._carriers = {0: spconv.SparseConvTensor(torch.zeros(sites.count, 1, device=device), indices,
@@ -132,11 +123,12 @@ def _align_rows(tensor, reference):
     return tensor.features[order[position]]
 
 
-def make_plan(backend: str, sites: Sites):
+def make_plan(backend: str, mask: torch.Tensor, rules):
+    """The plan of ``backend`` for the active sites of ``mask`` (boolean H x W), ready for ``rules``."""
     if backend == "torch":
-        return TorchPlan(sites)
+        return TorchPlan(mask, rules)
     if backend == "spconv":
-        return SpconvPlan(sites)
+        return SpconvPlan(mask, rules)
     raise ValueError(f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

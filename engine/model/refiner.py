@@ -157,6 +157,8 @@ class SparseRefiner(nn.Module):
         self.ctx = ContextAttention()
         self.backbone = SparseResNet18(4)
         self.decoder = SparseDecoder()
+        # every rule a forward pass uses, so a plan can build all its rulebooks at once
+        self.rules = tuple(sorted({m.rule for m in self.modules() if isinstance(m, SparseConv) and m.rule}))
 
     def forward(self, site_inputs: torch.Tensor, plan, context: torch.Tensor, prior_full: torch.Tensor) -> torch.Tensor:
         half, quarter, deepest = self.backbone(site_inputs, plan)

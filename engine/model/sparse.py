@@ -73,6 +73,37 @@ def submanifold_map(sites: Sites, dilation: int = 1) -> torch.Tensor:
     return torch.stack([_lookup(grid, sites, y + dy * dilation, x + dx * dilation) for dy, dx in KERNEL_OFFSETS])
 
 
+def pooled(mask: torch.Tensor) -> torch.Tensor:
+    """Active sites one stride-2 level down: an output is active when any active input falls in its
+    3x3, stride 2, padding 1 window (the strided convolution's output sites, as spconv finds them)."""
+    height, width = mask.shape
+    coarse_h, coarse_w = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+    padded = mask.new_zeros(height + 2, width + 2)
+    padded[1:-1, 1:-1] = mask
+    out = mask.new_zeros(coarse_h, coarse_w)
+    for dy in range(3):
+        for dx in range(3):
+            out |= padded[dy : dy + 2 * coarse_h - 1 : 2, dx : dx + 2 * coarse_w - 1 : 2]
+    return out
+
+
+def site_levels(mask: torch.Tensor, depth: int) -> list[Sites]:
+    """The active sites of ``mask`` and of ``depth`` successive stride-2 levels below it, in row-major
+    order, with two host synchronisations in all (the counts and one ``nonzero``), whatever the depth."""
+    masks = [mask]
+    for _ in range(depth):
+        masks.append(pooled(masks[-1]))
+    counts = torch.stack([level.sum() for level in masks]).tolist()
+    found = torch.nonzero(torch.cat([level.reshape(-1) for level in masks])).squeeze(1)
+    levels, first, offset = [], 0, 0
+    for level, count in zip(masks, counts):
+        flat = found[first : first + count] - offset
+        width = level.shape[1]
+        levels.append(Sites(torch.stack([flat // width, flat % width], dim=1), (level.shape[0], width)))
+        first, offset = first + count, offset + level.numel()
+    return levels
+
+
 @dataclass(frozen=True)
 class Downsample:
     """Rulebook of a 3x3, stride 2, padding 1 sparse convolution and of its inverse."""
@@ -83,28 +114,17 @@ class Downsample:
     inverse_map: torch.Tensor  # (9, fine.count): rows of `coarse`
 
 
-def downsample(fine: Sites) -> Downsample:
-    """Output sites of the strided convolution on ``fine``, with both neighbour maps.
+def downsample(fine: Sites, coarse: Sites) -> Downsample:
+    """Both neighbour maps of the strided convolution from ``fine`` to ``coarse`` (``pooled`` sites).
 
     Input ``i`` reaches output ``o`` through offset ``k`` when ``i = 2 o - 1 + k``.
     """
-    height, width = fine.shape
-    coarse_shape = ((height - 1) // 2 + 1, (width - 1) // 2 + 1)
-    y, x = fine.coords[:, 0], fine.coords[:, 1]
-    reached = []
-    for dy, dx in KERNEL_OFFSETS:
-        oy2, ox2 = y - dy, x - dx  # 2 * o for offset k = (dy + 1, dx + 1)
-        ok = (oy2 % 2 == 0) & (ox2 % 2 == 0) & (oy2 >= 0) & (ox2 >= 0)
-        ok &= (oy2 // 2 < coarse_shape[0]) & (ox2 // 2 < coarse_shape[1])
-        reached.append((oy2[ok] // 2) * coarse_shape[1] + ox2[ok] // 2)
-    flat = torch.unique(torch.cat(reached))
-    coarse = Sites(torch.stack([flat // coarse_shape[1], flat % coarse_shape[1]], dim=1), coarse_shape)
-
     fine_grid = fine.index_grid()
     cy, cx = coarse.coords[:, 0], coarse.coords[:, 1]
     forward_map = torch.stack([_lookup(fine_grid, fine, 2 * cy + dy, 2 * cx + dx) for dy, dx in KERNEL_OFFSETS])
 
     coarse_grid = coarse.index_grid()
+    y, x = fine.coords[:, 0], fine.coords[:, 1]
     inverse = []
     for dy, dx in KERNEL_OFFSETS:
         oy2, ox2 = y - dy, x - dx
@@ -130,16 +150,40 @@ class Rulebook:
 
     @classmethod
     def from_neighbours(cls, neighbours: torch.Tensor, n_in: int) -> "Rulebook":
-        entries = []
-        for k, column in enumerate(neighbours):
-            present = column < n_in
-            count = int(present.sum())
-            if count >= DENSE_FRACTION * column.numel():
-                entries.append((k, None, column))
+        return rulebooks({"": (neighbours, n_in)})[""]
+
+
+def rulebooks(maps: dict) -> dict:
+    """``{name: Rulebook}`` of ``{name: (neighbour map, n_in)}``, all prepared together with two host
+    synchronisations (the present count of every offset, one ``nonzero``), whatever their number."""
+    names = list(maps)
+    present = {name: maps[name][0] < maps[name][1] for name in names}
+    counts = torch.cat([present[name].sum(dim=1) for name in names]).tolist() if names else []
+    plans, sparse = {}, []  # per name: [(k, kind)], kind "dense" or the index of its sparse segment
+    for index, name in enumerate(names):
+        neighbours = maps[name][0]
+        plans[name] = []
+        for k in range(neighbours.shape[0]):
+            count = counts[index * neighbours.shape[0] + k]
+            if count >= DENSE_FRACTION * neighbours.shape[1]:
+                plans[name].append((k, "dense"))
             elif count:
-                rows = present.nonzero().squeeze(1)
-                entries.append((k, rows, column[rows]))
-        return cls(neighbours.shape[1], tuple(entries))
+                plans[name].append((k, len(sparse)))
+                sparse.append((present[name][k], count))
+    rows = []
+    if sparse:
+        found = torch.nonzero(torch.cat([mask for mask, _ in sparse])).squeeze(1)
+        first, offset = 0, 0
+        for mask, count in sparse:
+            rows.append(found[first : first + count] - offset)
+            first, offset = first + count, offset + mask.numel()
+    books = {}
+    for name in names:
+        neighbours = maps[name][0]
+        entries = tuple((k, None, neighbours[k]) if kind == "dense" else (k, rows[kind], neighbours[k][rows[kind]])
+                        for k, kind in plans[name])
+        books[name] = Rulebook(neighbours.shape[1], entries)
+    return books
 
 
 def gather_conv(features: torch.Tensor, rulebook: Rulebook, weight: torch.Tensor,
