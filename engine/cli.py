@@ -254,6 +254,9 @@ def run_matte(args) -> int:
         matter = load_matter(args.checkpoint, args.device, args.max_pixels, args.backend, args.half_precision)
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from exc
+    if args.backend == "spconv" and matter.device.type == "cpu" and matter.model is not None:
+        print("sparsemat: note: on CPU the torch backend is faster than spconv, which runs on one thread there "
+              "(docs/PERFORMANCE.md); --backend spconv is meant for CUDA", file=sys.stderr)
     try:
         summary = run_job(job, InProcessMatter(matter), progress=not args.quiet, on_frame=_on_frame(args))
     except JobError as exc:

@@ -234,7 +234,8 @@ class Matter:
             return torch.zeros_like(prior)
         y, x = sites.coords[:, 0], sites.coords[:, 1]
         inputs = torch.cat([image[0, :, y, x], (prior[0, :, y, x] - 0.5) / 0.5]).T.contiguous()
-        alpha = self.model.shm(inputs.to(self.dtype), plan, context.to(self.dtype), prior.to(self.dtype))
+        with plan.running():
+            alpha = self.model.shm(inputs.to(self.dtype), plan, context.to(self.dtype), prior.to(self.dtype))
         return sites.scatter(alpha.float())[None, None]
 
     def _refine_scaled(self, image, prior_lr, context, budget, size=None, scale=None):

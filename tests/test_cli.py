@@ -8,6 +8,7 @@ import pytest
 
 from conftest import run_cli, start_engine, stop_engine, write_rgb
 from sparsemat.engine.imageio import read_alpha, write_alpha
+from sparsemat.engine.model.backends import spconv_available
 
 
 @pytest.fixture()
@@ -339,3 +340,11 @@ def test_preview_does_not_overwrite_a_plate(clip_from_zero):
     result = preview(clip_from_zero, clip_from_zero / "plate.0000.png")
     assert result.returncode == 2 and "OUTPUT would overwrite the input file" in result.stderr
     assert files(clip_from_zero) == before
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv is not installed")
+def test_spconv_on_cpu_says_the_torch_backend_is_faster(clip, tmp_path, seed1_checkpoint):
+    result = matte(clip, tmp_path, seed1_checkpoint, "--backend", "spconv", "--frames", "1001")
+    assert result.returncode == 0, result.stderr
+    assert "on CPU the torch backend is faster than spconv" in result.stderr
+    assert "torch backend is faster" not in matte(clip, tmp_path / "t", seed1_checkpoint, "--frames", "1001").stderr

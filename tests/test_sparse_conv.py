@@ -113,14 +113,15 @@ def test_spconv_plan_matches_torch_plan_per_rule():
     ours, theirs = make_plan("torch", mask, rules), make_plan("spconv", mask, rules)
     features = torch.randn(ours.sites.count, 8, generator=generator)
     weight, bias = torch.randn(9, 8, 8, generator=generator), torch.randn(8, generator=generator)
-    for rule in ("subm0", "subm0_d2"):
-        torch.testing.assert_close(ours.conv(rule, features, weight, bias), theirs.conv(rule, features, weight, bias),
-                                   rtol=1e-4, atol=1e-4)
-    down_ours, down_theirs = ours.conv("down0", features, weight, None), theirs.conv("down0", features, weight, None)
-    assert down_ours.shape == down_theirs.shape
-    # coarse rows may come in another order; the inverse brings both back onto `sites`' order
-    torch.testing.assert_close(ours.conv("up0", down_ours, weight, bias), theirs.conv("up0", down_theirs, weight, bias),
-                               rtol=1e-4, atol=1e-4)
+    with theirs.running():  # one thread on CPU, where spconv is only correct that way
+        for rule in ("subm0", "subm0_d2"):
+            torch.testing.assert_close(ours.conv(rule, features, weight, bias),
+                                       theirs.conv(rule, features, weight, bias), rtol=1e-4, atol=1e-4)
+        down_ours, down_theirs = ours.conv("down0", features, weight, None), theirs.conv("down0", features, weight, None)
+        assert down_ours.shape == down_theirs.shape
+        # coarse rows may come in another order; the inverse brings both back onto `sites`' order
+        torch.testing.assert_close(ours.conv("up0", down_ours, weight, bias),
+                                   theirs.conv("up0", down_theirs, weight, bias), rtol=1e-4, atol=1e-4)
 
 
 class OneLevelPlan:
@@ -162,3 +163,29 @@ def test_layer4_downsample_runs_on_conv1s_dilation_2_rulebook():
         residual = block.downsample[1](at(dense_conv(block.downsample[0], x, 2)))
         expected = torch.relu(main + residual)
         torch.testing.assert_close(block(features, OneLevelPlan(sites)), expected)
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv is not installed (pip install '.[spconv]')")
+def test_spconv_modules_are_built_once_per_weight_and_again_when_it_changes(seed1_model, reference):
+    from sparsemat.engine.matting import Matter
+    from sparsemat.engine.model import backends
+    from sparsemat.engine.model.refiner import SparseConv
+
+    matter = Matter(seed1_model, backend="spconv")
+    frame = torch.from_numpy(reference["frames"][0].astype(np.float32) / 255)
+    convs = [m for m in seed1_model.shm.modules() if isinstance(m, SparseConv) and m.rule]
+
+    def modules():
+        return {id(conv.weight): id(backends._SPCONV_MODULES[id(conv.weight)][1]) for conv in convs}
+
+    first_alpha = matter.matte(frame)[0]
+    built = modules()
+    assert len(built) == len(convs)
+    assert torch.equal(matter.matte(frame)[0], first_alpha) and modules() == built, "reused on the next frame"
+    changed = convs[0].weight
+    with torch.no_grad():
+        changed.mul_(1.0)  # an in-place update, as fine-tuning makes: same values, new version
+    matter.matte(frame)
+    after = modules()
+    assert after[id(changed)] != built[id(changed)]
+    assert all(after[key] == value for key, value in built.items() if key != id(changed))

@@ -3,12 +3,15 @@
 ``torch`` (default everywhere) builds neighbour maps and runs :func:`gather_conv`.
 ``spconv`` (optional, for CUDA) runs the same rules through spconv 2.x modules; it is
 checked against ``torch`` in the tests. On CPU, spconv 2.3.8 is only correct with one
-torch thread (a race in its scatter-add), so the spconv plan runs its convolutions
-under ``torch.set_num_threads(1)`` there.
+torch thread (a race in its scatter-add), so a spconv plan runs the refine under
+``torch.set_num_threads(1)`` there, and the torch backend is the faster one on CPU
+(docs/PERFORMANCE.md). A refine runs inside ``with plan.running():``.
 """
 from __future__ import annotations
 
 import re
+import weakref
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -49,12 +52,17 @@ class TorchPlan:
             maps[rule] = (step.forward_map, step.fine.count) if kind == "down" else (step.inverse_map, step.coarse.count)
         self.rulebooks = rulebooks(maps)
 
+    def running(self):
+        return nullcontext()
+
     def conv(self, rule: str, features, weight, bias):
         return gather_conv(features, self.rulebooks[rule], weight, bias)
 
 
 class SpconvPlan:
-    """The same rules through spconv 2.x modules; weights are mapped to its ``[out, kh, kw, in]``."""
+    """The same rules through spconv 2.x modules. A module is built once per weight of the model, its
+    weights laid out in spconv's ``[out, kh, kw, in]`` then, and rebuilt only when that weight
+    changes (fine-tuning) or moves; on CPU the whole refine runs on one thread (``running``)."""
 
     def __init__(self, mask: torch.Tensor, rules=()):
         import spconv.pytorch as spconv  # optional dependency
@@ -68,40 +76,58 @@ class SpconvPlan:
         self._indice_dict: dict = {}
         self._cpu = device.type == "cpu"
 
-    def conv(self, rule: str, features, weight, bias):
-        spconv = self._spconv
-        kind, level, dilation = parse_rule(rule)
-        cin, cout = weight.shape[1], weight.shape[2]
-        options = dict(bias=bias is not None, indice_key=f"{kind}{level}" if kind != "subm" else f"subm{level}d{dilation}")
-        if self._cpu:
-            options["algo"] = spconv.ConvAlgo.Native
-        if kind == "subm":
-            module = spconv.SubMConv2d(cin, cout, 3, padding=dilation, dilation=dilation, **options)
-            source = level
-        elif kind == "down":
-            # spconv 2.x only reuses submanifold rulebooks: a second strided conv from the same
-            # level computes its own, and its rows are aligned to the first one's below.
-            key = None if level + 1 in self._carriers else f"step{level}"
-            module = spconv.SparseConv2d(cin, cout, 3, stride=2, padding=1, **{**options, "indice_key": key})
-            source = level
-        else:
-            module = spconv.SparseInverseConv2d(cin, cout, 3, **{**options, "indice_key": f"step{level}"})
-            source = level + 1
-        module = module.to(features.device, features.dtype)
-        with torch.no_grad():
-            module.weight.copy_(weight.reshape(3, 3, cin, cout).permute(3, 0, 1, 2))
-            if bias is not None:
-                module.bias.copy_(bias)
-        carrier = self._carriers[source]
-        tensor = carrier.replace_feature(features.contiguous())
-        tensor.indice_dict = self._indice_dict
+    @contextmanager
+    def running(self):
+        """spconv 2.3.8 is only correct on one torch thread on CPU (a race in its scatter-add)."""
         threads = torch.get_num_threads()
         if self._cpu:
             torch.set_num_threads(1)
         try:
-            out = module(tensor)
+            yield
         finally:
             torch.set_num_threads(threads)
+
+    def _module(self, rule: str, key: str | None, weight, bias):
+        identity = (rule, key, weight._version, None if bias is None else bias._version, weight.device, weight.dtype)
+        cached = _SPCONV_MODULES.get(id(weight))
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        spconv = self._spconv
+        kind, level, dilation = parse_rule(rule)
+        cin, cout = weight.shape[1], weight.shape[2]
+        options = dict(bias=bias is not None, indice_key=key)
+        if self._cpu:
+            options["algo"] = spconv.ConvAlgo.Native
+        if kind == "subm":
+            module = spconv.SubMConv2d(cin, cout, 3, padding=dilation, dilation=dilation, **options)
+        elif kind == "down":
+            module = spconv.SparseConv2d(cin, cout, 3, stride=2, padding=1, **options)
+        else:
+            module = spconv.SparseInverseConv2d(cin, cout, 3, **options)
+        module = module.to(weight.device, weight.dtype)
+        with torch.no_grad():
+            module.weight.copy_(weight.reshape(3, 3, cin, cout).permute(3, 0, 1, 2))
+            if bias is not None:
+                module.bias.copy_(bias)
+        if cached is None:  # the entry goes with the weight (tensors cannot be weak dictionary keys)
+            weakref.finalize(weight, _SPCONV_MODULES.pop, id(weight), None)
+        _SPCONV_MODULES[id(weight)] = (identity, module)
+        return module
+
+    def conv(self, rule: str, features, weight, bias):
+        kind, level, dilation = parse_rule(rule)
+        if kind == "subm":
+            key, source = f"subm{level}d{dilation}", level
+        elif kind == "down":
+            # spconv 2.x only reuses submanifold rulebooks: a second strided conv from the same
+            # level computes its own, and its rows are aligned to the first one's below.
+            key, source = (None if level + 1 in self._carriers else f"step{level}"), level
+        else:
+            key, source = f"step{level}", level + 1
+        module = self._module(rule, key, weight, bias)
+        tensor = self._carriers[source].replace_feature(features.contiguous())
+        tensor.indice_dict = self._indice_dict
+        out = module(tensor)
         self._indice_dict.update(out.indice_dict)
         if kind != "down":
             return out.features
@@ -109,6 +135,10 @@ class SpconvPlan:
             self._carriers[level + 1] = out
             return out.features
         return _align_rows(out, self._carriers[level + 1])
+
+
+# id(weight) -> (what the module was built from, the module): one module per convolution of a model
+_SPCONV_MODULES: dict[int, tuple] = {}
 
 
 def _align_rows(tensor, reference):
