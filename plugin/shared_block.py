@@ -40,7 +40,7 @@ class SharedBlock:
         self.frame_bytes = _aligned(frame_bytes)
         self.slot_bytes = _aligned(alpha_bytes)
         size = self.frame_bytes + ALPHA_SLOTS * self.slot_bytes
-        self.name = f"sparsemat-{uuid.uuid4().hex[:16]}"
+        self.name = f"sparsemat-{os.getpid()}-{uuid.uuid4().hex[:16]}"  # the pid tells whose block it is
         self._path = os.path.join(SHM_FOLDER, self.name)
         descriptor = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:

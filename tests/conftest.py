@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,15 +77,17 @@ def scaled(seconds: float) -> float:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_shared_memory_left_behind():
-    """Every shared-memory block the suite's clients and raw tests created is removed at the end,
-    even when a test failed before closing its own (a loaded run once left 41 MB behind)."""
+    """Every shared-memory block the suite's clients created is removed at the end, even when a
+    test failed before closing its own (a loaded run once left 41 MB behind). Only blocks whose
+    client is gone or is this process: another test session's live blocks are not ours to take."""
     if not os.path.isdir("/dev/shm"):
         yield
         return
     before = set(os.listdir("/dev/shm"))
     yield
     for name in set(os.listdir("/dev/shm")) - before:
-        if name.startswith(("sparsemat-", "psm_")):  # the client's blocks, multiprocessing's default names
+        match = re.fullmatch(r"sparsemat-(\d+)-[0-9a-f]+", name)
+        if match and (int(match.group(1)) == os.getpid() or not os.path.exists(f"/proc/{match.group(1)}")):
             try:
                 os.unlink(os.path.join("/dev/shm", name))
             except OSError:

@@ -46,10 +46,13 @@ def test_preview_writes_a_four_tile_sheet(sample, tmp_path):
     result = run_cli("preview", sample / "plate.%04d.png", tmp_path / "sheet.png", "--prior", sample / "prior.%04d.exr",
                      "--frame", "2", "--width", "160", env={"SPARSEMAT_CHECKPOINT": ""})
     assert result.returncode == 0, result.stderr
+    from sparsemat.engine.preview import CAPTION, LEGEND
+
     sheet = oiio.ImageBuf(str(tmp_path / "sheet.png"))
-    assert (sheet.spec().width, sheet.spec().height, sheet.spec().nchannels) == (640, 90, 3)
+    tile = 90  # 160 wide at the clip's 320 x 180
+    assert (sheet.spec().width, sheet.spec().height, sheet.spec().nchannels) == (320, 2 * (CAPTION + tile) + LEGEND, 3)
     pixels = sheet.get_pixels(oiio.FLOAT)
-    masks_tile = pixels[:, 480:]
+    masks_tile = pixels[2 * CAPTION + tile : 2 * (CAPTION + tile), 160:]  # the bottom right tile
     assert (masks_tile[..., 0] > masks_tile[..., 1] + 0.2).any()  # the band, in red
     assert (masks_tile[..., 2] > masks_tile[..., 1] + 0.2).any()  # changed pixels from frame 1, in blue
 
