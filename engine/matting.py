@@ -200,7 +200,7 @@ class Matter:
         with self._stage(stats, "masks", events):
             masks = sparsity_masks(prior, image, None if state is None else state.frame)
             counted = [masks.refine, masks.band] + ([] if masks.changed is None else [masks.changed])
-            sums = torch.stack([m.sum(dtype=torch.float64) for m in counted]).tolist()  # one synchronisation
+            sums = torch.stack([torch.count_nonzero(m) for m in counted]).tolist()  # one synchronisation, exact
             n_active, stats.spatial_pixels, *changed = (int(n) for n in sums)
             stats.temporal_pixels = changed[0] if changed else height * width
             stats.masks = masks
