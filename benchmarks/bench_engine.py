@@ -137,6 +137,9 @@ def make_plate(height: int, width: int, seed: int = 0):
     return colour.clamp_(0, 1).contiguous(), alpha.contiguous(), (hx, hy, rb)
 
 
+PRIOR_BLUR = 0.75  # the synthetic prior's blur, in pixels of a 1080p plate's 1/8 image (scaled with the height)
+
+
 def make_prior(alpha, blur: float):
     """The subject's alpha at 1/8 size, Gaussian-blurred (sigma ``blur`` pixels of a 1080p plate's
     1/8 image, scaled with the height so every size gets the same picture): (H/8, W/8)."""
@@ -798,7 +801,7 @@ def main(argv=None) -> int:
                    help="sizes for the refine breakdown by convolution kind, torch backend ('' for none)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--half", action="store_true", help="run the model in float16 (CUDA)")
-    p.add_argument("--prior-blur", type=float, default=0.75,
+    p.add_argument("--prior-blur", type=float, default=PRIOR_BLUR,
                    help="sigma of the synthetic prior's blur, in pixels at 1/8 of a 1080p plate")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic plate")
     p.add_argument("--busy-limit", type=float, default=0.15,

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_engine import LABELS, SIZES, make_plate, make_prior  # noqa: E402
+from bench_engine import LABELS, PRIOR_BLUR, SIZES, make_plate, make_prior  # noqa: E402
 
 
 @contextmanager
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     for size in (s.strip() for s in args.sizes.split(",") if s.strip()):
         height, width = SIZES[size]
         plate, truth, _ = make_plate(height, width)
-        prior = make_prior(truth, blur=0.75 * height / 1080)
+        prior = make_prior(truth, blur=PRIOR_BLUR)
         count = args.frames_8k if size == "8k" else args.frames
         times = {"ours": [], "published": []}
         run(ours, plate, prior)

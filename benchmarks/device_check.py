@@ -212,14 +212,14 @@ def time_sizes(report: Report, load, device: str, sizes, repeats: int) -> None:
     import torch
 
     sys.path.insert(0, HERE)
-    from bench_engine import make_plate, make_prior, shifted_region
+    from bench_engine import PRIOR_BLUR, make_plate, make_prior, shifted_region
 
     from sparsemat.engine.matting import Matter
 
     matter = Matter(load(), device)
     for label, (height, width) in sizes:
         plate, truth, head = make_plate(height, width)
-        prior = make_prior(truth, blur=0.75 * height / 1080)
+        prior = make_prior(truth, blur=PRIOR_BLUR)
         frame, coarse = plate.numpy(), prior.numpy()
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -255,7 +255,7 @@ def time_engine(report: Report, checkpoint: str, device: str, repeats: int, size
     import numpy as np
 
     sys.path.insert(0, HERE)
-    from bench_engine import make_plate, make_prior
+    from bench_engine import PRIOR_BLUR, make_plate, make_prior
 
     from sparsemat.plugin import exr
     from sparsemat.plugin.client import EngineClient
@@ -272,7 +272,7 @@ def time_engine(report: Report, checkpoint: str, device: str, repeats: int, size
         return
     plate, truth, _ = make_plate(height, width)
     frame = np.ascontiguousarray(plate.numpy())
-    prior = make_prior(truth, blur=0.75 * height / 1080).numpy()
+    prior = make_prior(truth, blur=PRIOR_BLUR).numpy()
     path = os.path.join(folder, "plate.exr")
     exr.write(path, frame, ("R", "G", "B"), half=False, compression=exr.NONE)  # read back as srgb: the same pixels
     client = EngineClient(address, timeout=120)
