@@ -28,6 +28,15 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _trimap_dilation(text: str) -> int:
+    from .validation import MAX_TRIMAP_DILATION
+
+    value = int(text)
+    if not 0 <= value <= MAX_TRIMAP_DILATION:
+        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_TRIMAP_DILATION} pixels, got {text}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 <= value < float("inf"):
@@ -87,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     matte.add_argument("--prior", metavar="PATTERN",
                        help="coarse alpha per frame (any resolution: a roto, a keyer's matte) used instead of the "
                             "network's prior alpha; without --checkpoint, the weight-free guided refiner refines it")
+    _add_trimap_arguments(matte)
     matte.add_argument("--backend", default="torch", choices=("torch", "spconv"), help="sparse convolution backend")
     matte.add_argument("--engine", metavar="ADDRESS",
                        help="send frames to a running engine (ipc://... or tcp://...) instead of loading the model here")
@@ -152,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
                          help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT)")
     preview.add_argument("--prior", metavar="PATTERN", help="coarse alpha per frame, as for matte")
+    _add_trimap_arguments(preview)
     preview.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help="as for matte")
     preview.add_argument("--input-colorspace", dest="colourspace", metavar="NAME")
     preview.add_argument("--width", type=_positive_int, default=960, help="width of each of the four tiles (default 960)")
@@ -203,13 +214,26 @@ def _checkpoint_file(path: str | None) -> str | None:
     return os.path.abspath(path)
 
 
+def _add_trimap_arguments(command) -> None:
+    from .validation import MAX_TRIMAP_DILATION
+
+    command.add_argument("--trimap", metavar="PATTERN",
+                         help="trimap per frame (0 background, 1 foreground, anything between unknown; 8/16-bit or "
+                              "float, any resolution of the frame's aspect): its known pixels are exact in the "
+                              "matte and only its unknown region is refined; with --prior, the prior feeds the "
+                              "refiner and the trimap bounds it")
+    command.add_argument("--trimap-dilation", type=_trimap_dilation, default=0, metavar="PIXELS",
+                         help=f"grow the trimap's unknown region by this many pixels on each side, at the frame's "
+                              f"resolution (default 0, at most {MAX_TRIMAP_DILATION})")
+
+
 def _plan_job(args):
     from .imageio import SUPPORTED_OUTPUTS
-    from .inputs import check_priors, plates, refuse_overwriting
+    from .inputs import check_guides, plates, refuse_overwriting
     from .job import MatteJob
     from .sequence import SequenceError, check_same_kind, parse_pattern, select_frames
 
-    source, prior = plates(args)
+    source, prior, trimap = plates(args)
     try:
         target = parse_pattern(args.output)
         check_same_kind(source, "INPUT", target, "OUTPUT")
@@ -220,13 +244,14 @@ def _plan_job(args):
         raise UsageError(str(exc)) from exc
     if not source.is_sequence and not os.path.exists(args.input):
         raise UsageError(f"input not found: {args.input}")
-    check_priors(prior, frames)
+    check_guides(frames, prior=prior, trimap=trimap)
     refuse_overwriting((target.path(frame) for frame in frames),
-                       [patterns.path(frame) for patterns in (source, prior) if patterns is not None for frame in frames])
+                       [patterns.path(frame) for patterns in (source, prior, trimap) if patterns is not None
+                        for frame in frames])
     temporal = source.is_sequence if args.temporal is None else args.temporal
     return MatteJob(source, target, frames, temporal=temporal, skip_existing=args.skip_existing,
-                    colourspace=args.colourspace, half=args.half, prior=prior,
-                    keyframe_interval=args.keyframe_interval)
+                    colourspace=args.colourspace, half=args.half, prior=prior, trimap=trimap,
+                    trimap_dilation=args.trimap_dilation, keyframe_interval=args.keyframe_interval)
 
 
 def run_matte(args) -> int:
@@ -243,7 +268,7 @@ def run_matte(args) -> int:
         except ValueError as exc:
             raise UsageError(f"--engine: {exc}") from exc
         return run_remote(job, address, args.max_pixels, progress=not args.quiet, on_frame=_on_frame(args))
-    if not args.checkpoint and not args.prior:
+    if not (args.checkpoint or args.prior or args.trimap):
         raise UsageError(NEEDS_A_SOURCE)
     keep_freed_memory()  # before torch is imported and starts its threads
     from .job import JobError, run_job

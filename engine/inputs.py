@@ -1,5 +1,5 @@
-"""What ``matte`` and ``preview`` read, checked before anything loads: the plates and priors as
-patterns, the colourspace they are decoded from, and outputs that would overwrite them."""
+"""What ``matte`` and ``preview`` read, checked before anything loads: the plates, priors and
+trimaps as patterns, the colourspace they are decoded from, and outputs that would overwrite them."""
 from __future__ import annotations
 
 import os
@@ -8,21 +8,22 @@ from .sequence import Pattern, SequenceError, check_same_kind, parse_pattern
 from .validation import UsageError
 
 NEEDS_A_SOURCE = ("nothing to matte with: give --checkpoint PATH (or set SPARSEMAT_CHECKPOINT) to use the "
-                  "SparseMat network, or --prior PATTERN (a coarse alpha per frame, any resolution) to refine "
-                  "it with the weight-free guided refiner")
+                  "SparseMat network, or --prior PATTERN (a coarse alpha per frame, any resolution) or --trimap "
+                  "PATTERN to refine it with the weight-free guided refiner")
 
 
-def plates(args) -> tuple[Pattern, Pattern | None]:
-    """INPUT and --prior as patterns: --prior is a sequence exactly when INPUT is, and
+def plates(args) -> tuple[Pattern, Pattern | None, Pattern | None]:
+    """INPUT, --prior and --trimap as patterns: each guide is a sequence exactly when INPUT is, and
     --input-colorspace names a colourspace that can be decoded (checked here, not once per frame
     after the model has loaded)."""
     from .imageio import check_colourspace
 
     try:
         source = parse_pattern(args.input)
-        prior = parse_pattern(args.prior) if args.prior else None
-        if prior is not None:
-            check_same_kind(source, "INPUT", prior, "--prior")
+        guides = [parse_pattern(text) if text else None for text in (args.prior, args.trimap)]
+        for flag, guide in zip(("--prior", "--trimap"), guides):
+            if guide is not None:
+                check_same_kind(source, "INPUT", guide, flag)
     except SequenceError as exc:
         raise UsageError(str(exc)) from exc
     if args.colourspace is not None:
@@ -30,20 +31,20 @@ def plates(args) -> tuple[Pattern, Pattern | None]:
             check_colourspace(args.colourspace)
         except ValueError as exc:
             raise UsageError(f"--input-colorspace: {exc}") from exc
-    return source, prior
+    return source, *guides
 
 
-def check_priors(prior: Pattern | None, frames: list) -> None:
-    """UsageError when ``prior`` names no existing file for any of ``frames`` (a typo in the
-    pattern), said once now rather than once a frame later. Priors missing for some frames
-    only fail those frames."""
-    if prior is None:
-        return
-    if not any(os.path.isfile(prior.path(frame)) for frame in frames):
-        if not prior.is_sequence:
-            raise UsageError(f"--prior file not found: {prior.text}")
-        raise UsageError(f"no frames match --prior '{prior.text}': none of the {len(frames)} frame(s) to matte has "
-                         f"its prior (the first would be {prior.path(frames[0])})")
+def check_guides(frames: list, **guides: Pattern | None) -> None:
+    """UsageError when a guide (``prior=``, ``trimap=``: a --prior or --trimap pattern) names no
+    existing file for any of ``frames`` (a typo in the pattern), said once now rather than once a
+    frame later. Guides missing for some frames only fail those frames."""
+    for name, guide in guides.items():
+        if guide is None or any(os.path.isfile(guide.path(frame)) for frame in frames):
+            continue
+        if not guide.is_sequence:
+            raise UsageError(f"--{name} file not found: {guide.text}")
+        raise UsageError(f"no frames match --{name} '{guide.text}': none of the {len(frames)} frame(s) to matte has "
+                         f"its {name} (the first would be {guide.path(frames[0])})")
 
 
 def refuse_overwriting(writes, reads) -> None:

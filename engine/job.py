@@ -38,8 +38,8 @@ class JobError(RuntimeError):
 
 
 class FrameMatter(Protocol):
-    def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, object]:
+    def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None,
+                 trimap: np.ndarray | None = None, trimap_dilation: int = 0) -> tuple[np.ndarray, object]:
         """Alpha (H, W) float32 and the frame's stats (with ``active_fraction``, ``note`` and
         ``continued``: whether the frame was given its stream's previous state); FrameError for
         pixels the model cannot take."""
@@ -55,6 +55,8 @@ class MatteJob:
     colourspace: str | None = None
     half: bool = False
     prior: Pattern | None = None
+    trimap: Pattern | None = None
+    trimap_dilation: int = 0  # pixels the trimap's unknown region grows by on each side
     keyframe_interval: int = 0  # > 0: frames that are multiples of it start the temporal stream
 
 
@@ -170,9 +172,10 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
 def _matte_frame(job: MatteJob, matte: FrameMatter, frame, read: tuple, new_stream: bool):
     """(alpha, stats) of a frame read as ``read``, or a FrameError naming the file whose pixels the
     model cannot take."""
-    pixels, prior = read
+    pixels, prior, trimap = read
     try:
-        return matte(pixels, frame, new_stream=new_stream, prior=prior)
+        return matte(pixels, frame, new_stream=new_stream, prior=prior, trimap=trimap,
+                     trimap_dilation=job.trimap_dilation)
     except FrameError as exc:
         return FrameError(f"cannot matte '{job.input.path(frame)}': {exc}")
 
@@ -230,11 +233,11 @@ def _parents(folder: str) -> list[str]:
 
 
 def _read(job: MatteJob, frame):
-    """(pixels, prior) of one frame, or the exception that stopped the read."""
+    """(pixels, prior, trimap) of one frame, or the exception that stopped the read."""
     try:
         pixels = read_rgb(job.input.path(frame), job.colourspace)
-        prior = read_alpha(job.prior.path(frame)) if job.prior is not None else None
-        return pixels, prior
+        prior, trimap = (None if guide is None else read_alpha(guide.path(frame)) for guide in (job.prior, job.trimap))
+        return pixels, prior, trimap
     except (ImageReadError, OSError, ValueError) as exc:
         return exc
 

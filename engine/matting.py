@@ -30,8 +30,9 @@ from .guided import refine_band
 from .model import SparseMat
 from .model.backends import make_plan
 from .model.lpn import resize_like
-from .sparsity import Masks, compose, sparsity_masks, spatial_band
-from .validation import MAX_PIXELS, MIN_PIXELS, FrameError, non_finite_values, prior_input_size
+from .sparsity import Masks, Trimap, compose, sparsity_masks, spatial_band
+from .validation import (MAX_PIXELS, MAX_TRIMAP_DILATION, MIN_PIXELS, FrameError, non_finite_values,
+                         prior_input_size, trimap_size_problem)
 
 CASCADE_SCALES = (0.25, 0.5, 1.0)
 
@@ -112,11 +113,19 @@ def clipped_planes(frame_rgb: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def checked_prior(prior: torch.Tensor) -> torch.Tensor:
+def checked_prior(prior: torch.Tensor, name: str = "prior") -> torch.Tensor:
     """A given coarse alpha (h, w) clipped to [0, 1] as a new tensor; NaN or infinity raise FrameError.
     Checked here, among the frame's first operations, rather than by each caller."""
-    _finite_range(prior, prior, "prior")
+    _finite_range(prior, prior, name)
     return prior.clamp(0, 1)
+
+
+def checked_trimap(trimap: torch.Tensor, size: tuple[int, int], dilation: int) -> Trimap:
+    """A given trimap (h, w) at the frame's ``size``; FrameError for NaN, infinity or another aspect."""
+    problem = trimap_size_problem(tuple(trimap.shape), size)
+    if problem is not None:
+        raise FrameError(problem)
+    return Trimap.at_size(checked_prior(trimap, "trimap"), size, dilation)
 
 
 class Matter:
@@ -168,6 +177,7 @@ class Matter:
 
     @torch.no_grad()
     def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None, prior: torch.Tensor | None = None,
+              trimap: torch.Tensor | None = None, trimap_dilation: int = 0,
               max_pixels: int | None = None) -> tuple[torch.Tensor, MatteState, FrameStats]:
         """``frame_rgb``: (H, W, 3) float RGB, display-encoded; values outside [0, 1] are clipped, NaN or
         infinity raise FrameError. It is only read, never kept. Returns alpha (H, W) float32, the
@@ -175,12 +185,20 @@ class Matter:
 
         ``prior``: an optional coarse alpha (h, w) at any resolution; it replaces the prior
         network's alpha (band and refiner input), the network still supplies the context.
-        Clipped to [0, 1]; NaN or infinity raise FrameError. Required without a model.
+        Clipped to [0, 1]; NaN or infinity raise FrameError. Without a model, a prior or a trimap
+        is required.
+
+        ``trimap``: an optional (h, w) trimap at any resolution of the frame's aspect (0 background,
+        1 foreground, anything between unknown; resized by the nearest pixel): the band is its
+        unknown region dilated by ``trimap_dilation`` pixels, and its known pixels are exactly 0
+        or 1 in the alpha. Without a prior and a model it is the guided refiner's prior.
 
         ``max_pixels``: this frame's refinement budget (default: the Matter's).
         """
-        if self.model is None and prior is None:
-            raise ValueError("the guided refiner (no checkpoint) needs a prior alpha for every frame")
+        if self.model is None and prior is None and trimap is None:
+            raise ValueError("the guided refiner (no checkpoint) needs a prior alpha or a trimap for every frame")
+        if not 0 <= trimap_dilation <= MAX_TRIMAP_DILATION:
+            raise ValueError(f"trimap_dilation must be 0 to {MAX_TRIMAP_DILATION} pixels, got {trimap_dilation}")
         budget = self.max_pixels if max_pixels is None else _checked_budget(max_pixels)
         height, width = frame_rgb.shape[:2]
         prior_input = prior_input_size(height, width)  # every model refuses what the prior network cannot take
@@ -190,15 +208,21 @@ class Matter:
             state = None
         frame = self._to_device(frame_rgb)
         image = normalize(frame)
+        if trimap is not None:
+            trimap = checked_trimap(trimap.to(self.device, torch.float32), (height, width), trimap_dilation)
         events: list = []
 
         with self._stage(stats, "prior", events):
             prior_lr, context = self._prior(image, prior_input) if self.model is not None else (None, None)
             if prior is not None:
                 prior_lr = checked_prior(prior.to(self.device, torch.float32))[None, None]
+            elif prior_lr is None:  # the guided refiner's prior from the trimap: known 0 and 1, unknown between
+                prior_lr = trimap.fix(torch.full_like(trimap.unknown, 0.5))
             prior = resize_like(prior_lr, image)
+            if trimap is not None:  # the refiner sees the known pixels as they will be
+                prior = trimap.fix(prior)
         with self._stage(stats, "masks", events):
-            masks = sparsity_masks(prior, image, None if state is None else state.frame)
+            masks = sparsity_masks(prior, image, None if state is None else state.frame, trimap)
             counted = [masks.refine, masks.band] + ([] if masks.changed is None else [masks.changed])
             sums = torch.stack([torch.count_nonzero(m) for m in counted]).tolist()  # one synchronisation, exact
             n_active, stats.spatial_pixels, *changed = (int(n) for n in sums)
@@ -215,9 +239,9 @@ class Matter:
                 else:
                     refined = self._refine(image, prior, masks.refine, context)
             with self._stage(stats, "compose", events):
-                alpha = compose(refined, masks, prior, None if state is None else state.alpha)
+                alpha = compose(refined, masks, prior, None if state is None else state.alpha, trimap)
         else:  # the cascade computes the frame afresh: nothing of the previous frame is reused
-            alpha = self._over_budget(image, prior_lr, context, n_active, budget, stats, events)
+            alpha = self._over_budget(image, prior_lr, context, n_active, budget, stats, events, trimap)
         self._read_events(stats, events)
         return alpha[0, 0], MatteState(image, alpha), stats
 
@@ -238,44 +262,45 @@ class Matter:
             alpha = self.model.shm(inputs.to(self.dtype), plan, context.to(self.dtype), prior.to(self.dtype))
         return sites.scatter(alpha.float())[None, None]
 
-    def _refine_scaled(self, image, prior_lr, context, budget, size=None, scale=None):
+    def _refine_scaled(self, image, prior_lr, context, budget, trimap, size=None, scale=None):
         """Refine the band at a reduced size (no temporal reuse): the composed alpha and its band
         size, or None and the band size when the band is over ``budget``."""
         scaled = F.interpolate(image, size=size, scale_factor=scale, mode="bilinear", align_corners=False)
         prior = resize_like(prior_lr, scaled)
-        band = spatial_band(prior)
+        band = spatial_band(prior) if trimap is None else trimap.at_scale(scaled.shape[2:])
         n_band = int(band.sum().item())
         if n_band > budget:
             return None, n_band
         masks = Masks(band, band, None, None)
         return compose(self._refine(scaled, prior, band, context), masks, prior, None), n_band
 
-    def _over_budget(self, image, prior_lr, context, n_active, budget, stats, events) -> torch.Tensor:
+    def _over_budget(self, image, prior_lr, context, n_active, budget, stats, events, trimap) -> torch.Tensor:
         height, width = image.shape[2:]
         result = None
         with self._stage(stats, "refine", events):
             stats.mode = "cascade"
             current = prior_lr
             for scale in CASCADE_SCALES:
-                composed, n_band = self._refine_scaled(image, current, context, budget, scale=scale)
+                composed, n_band = self._refine_scaled(image, current, context, budget, trimap, scale=scale)
                 if composed is None:
                     break
                 current = result = composed
                 stats.active_pixels = n_band
             if result is None:
                 stats.mode = "rescale"
-                result, stats.active_pixels = self._rescale(image, prior_lr, context, n_active, budget)
+                result, stats.active_pixels = self._rescale(image, prior_lr, context, n_active, budget, trimap)
         with self._stage(stats, "compose", events):
-            return F.interpolate(result, size=(height, width), mode="bilinear", align_corners=False)
+            alpha = F.interpolate(result, size=(height, width), mode="bilinear", align_corners=False)
+            return alpha if trimap is None else trimap.fix(alpha)
 
-    def _rescale(self, image, prior_lr, context, n_active, budget):
+    def _rescale(self, image, prior_lr, context, n_active, budget, trimap):
         """The published rescale: shrink by sqrt(budget / active), sides to multiples of 8; shrink
         again while the band (fixed in pixels, so relatively wider) is still over budget."""
         height, width = image.shape[2:]
         scale = math.sqrt(budget / float(n_active))
         while True:
             size = (max(8, math.ceil(int(scale * height) / 8) * 8), max(8, math.ceil(int(scale * width) / 8) * 8))
-            composed, n_band = self._refine_scaled(image, prior_lr, context, budget, size=size)
+            composed, n_band = self._refine_scaled(image, prior_lr, context, budget, trimap, size=size)
             if composed is not None:  # always by 8 x 8, since the budget is at least MIN_PIXELS
                 return composed, n_band
             scale *= 0.9 * math.sqrt(budget / float(n_band))
@@ -295,8 +320,9 @@ class InProcessMatter:
         self.matter = matter
         self.state: MatteState | None = None
 
-    def __call__(self, frame_rgb, frame: int | None, new_stream: bool, prior=None):
+    def __call__(self, frame_rgb, frame: int | None, new_stream: bool, prior=None, trimap=None, trimap_dilation=0):
         image = torch.from_numpy(frame_rgb)
-        coarse = None if prior is None else torch.from_numpy(prior)
-        alpha, self.state, stats = self.matter.matte(image, None if new_stream else self.state, prior=coarse)
+        coarse, known = (None if a is None else torch.from_numpy(a) for a in (prior, trimap))
+        alpha, self.state, stats = self.matter.matte(image, None if new_stream else self.state, prior=coarse,
+                                                     trimap=known, trimap_dilation=trimap_dilation)
         return alpha.cpu().numpy(), stats

@@ -10,6 +10,10 @@ These are the published SparseMat inference rules (CVPR 2023), on (1, 1, H, W) t
 - refine mask: the dilation of band * changed (the band alone without a previous frame);
 - composition: refined alpha inside the mask; outside it, shared pixels keep the previous
   alpha and the others take the upsampled prior.
+
+With a trimap (ours, not the published code's): the band is the trimap's unknown region
+(optionally dilated), the refine mask never leaves it, and its known pixels are exactly 0 or 1
+in the output.
 """
 from __future__ import annotations
 
@@ -73,19 +77,54 @@ def temporal_change(frame: torch.Tensor, previous: torch.Tensor) -> tuple[torch.
     return shared, dilate((~shared).float())
 
 
-def sparsity_masks(prior: torch.Tensor, frame: torch.Tensor, previous: torch.Tensor | None) -> Masks:
-    band = spatial_band(prior)
+@dataclass(frozen=True)
+class Trimap:
+    """A trimap at a frame's size: 0 is known background, 1 known foreground, anything between
+    unknown. Its unknown region, dilated by ``dilation`` pixels on each side (into the known
+    regions, which shrink accordingly), is the band; its known pixels are fixed in the output."""
+
+    foreground: torch.Tensor  # bool (1, 1, H, W): alpha exactly 1
+    background: torch.Tensor  # bool: alpha exactly 0
+    unknown: torch.Tensor  # float 0/1: the band
+
+    @classmethod
+    def at_size(cls, values: torch.Tensor, size: tuple[int, int], dilation: int = 0) -> "Trimap":
+        """``values`` (h, w) at any resolution of the frame's aspect, resized to ``size`` by the
+        nearest pixel (centre-aligned: a trimap's values must not blend into new ones)."""
+        values = F.interpolate(values[None, None].float(), size=size, mode="nearest-exact")
+        foreground, background = values >= 1.0, values <= 0.0
+        unknown = (~(foreground | background)).float()
+        if dilation > 0:
+            unknown = dilate(unknown, 2 * dilation + 1)
+            known = unknown == 0
+            foreground, background = foreground & known, background & known
+        return cls(foreground, background, unknown)
+
+    def at_scale(self, size: tuple[int, int]) -> torch.Tensor:
+        """The band at another size (the cascade's reduced scales), by the nearest pixel."""
+        return F.interpolate(self.unknown, size=size, mode="nearest-exact")
+
+    def fix(self, alpha: torch.Tensor) -> torch.Tensor:
+        """``alpha`` with the known pixels set: 1 in the foreground, 0 in the background."""
+        return alpha.masked_fill(self.foreground, 1.0).masked_fill(self.background, 0.0)
+
+
+def sparsity_masks(prior: torch.Tensor, frame: torch.Tensor, previous: torch.Tensor | None,
+                   trimap: Trimap | None = None) -> Masks:
+    band = spatial_band(prior) if trimap is None else trimap.unknown
     if previous is None:
         return Masks(band, band, None, None)
     shared, changed = temporal_change(frame, previous)
-    return Masks(dilate(band * changed), band, changed, shared)
+    refine = dilate(band * changed)
+    return Masks(refine if trimap is None else refine * band, band, changed, shared)
 
 
 def compose(refined: torch.Tensor, masks: Masks, prior: torch.Tensor,
-            previous_alpha: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Refined alpha inside the mask; outside it the previous alpha where shared, else the prior.
-    ``out`` (the result's shape) may be ``previous_alpha`` itself: that is read in full first."""
+            previous_alpha: torch.Tensor | None, trimap: Trimap | None = None) -> torch.Tensor:
+    """Refined alpha inside the mask; outside it the previous alpha where shared, else the prior;
+    a trimap's known pixels exact whatever the rest says."""
     outside = prior
     if previous_alpha is not None and masks.shared is not None:
         outside = torch.where(masks.shared, previous_alpha, prior)
-    return torch.where(masks.refine > 0, refined, outside, out=out)
+    alpha = torch.where(masks.refine > 0, refined, outside)
+    return alpha if trimap is None else trimap.fix(alpha)

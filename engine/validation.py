@@ -29,6 +29,7 @@ PRIOR_SHORT_SIDE = 512
 # 1024 px). 4096, a frame of up to about 8:1, is nearly three times the widest camera format
 # (2.76:1 gives 1440) and costs about 1.3 GB; a 700x3 strip would need 119488 px, tens of GB.
 PRIOR_MAX_LONG_SIDE = 4096
+MAX_TRIMAP_DILATION = 256  # pixels on each side; more is no longer a trimap's band
 
 
 class UsageError(Exception):
@@ -70,6 +71,20 @@ def frame_size_problem(width: int, height: int, what: str = "frame") -> str | No
             prior_input_size(height, width)
         except FrameError as exc:
             return str(exc)
+    return None
+
+
+def trimap_size_problem(trimap: tuple[int, int], frame: tuple[int, int]) -> str | None:
+    """Why a trimap of (height, width) ``trimap`` cannot guide a frame of ``frame``, or None. It may
+    have any resolution, but shows the frame's picture: its aspect ratio is the frame's, to one of
+    its own pixels."""
+    (height, width), (frame_height, frame_width) = trimap, frame
+    if height < 1 or width < 1:
+        return f"the trimap is empty ({width}x{height})"
+    if abs(width * frame_height - height * frame_width) > max(frame_width, frame_height):
+        return (f"the trimap is {width}x{height} (aspect {width / height:.3f}), the frame {frame_width}x{frame_height} "
+                f"(aspect {frame_width / frame_height:.3f}): a trimap may have any resolution but must have the "
+                f"frame's aspect ratio")
     return None
 
 

@@ -38,14 +38,15 @@ log = logging.getLogger("sparsemat.plugin")
 _SILENT, _LOST, _GONE = "silent", "lost", "gone"  # why _wait returned no reply
 
 
-def _prior_array(prior) -> np.ndarray:
-    """A prior as a pixel block's array: (H, W) or (H, W, 1); float64 (numpy's default) as float32."""
-    prior = np.asarray(prior)
-    if prior.ndim == 3 and prior.shape[2] == 1:
-        prior = prior[..., 0]
-    if prior.ndim != 2:
-        raise ValueError(f"a prior must be (H, W) or (H, W, 1), got shape {prior.shape}")
-    return prior.astype(np.float32) if prior.dtype == np.float64 else prior
+def _guide_array(values, name: str) -> np.ndarray:
+    """A prior or a trimap as a pixel block's array: (H, W) or (H, W, 1); float64 (numpy's
+    default) as float32."""
+    values = np.asarray(values)
+    if values.ndim == 3 and values.shape[2] == 1:
+        values = values[..., 0]
+    if values.ndim != 2:
+        raise ValueError(f"a {name} must be (H, W) or (H, W, 1), got shape {values.shape}")
+    return values.astype(np.float32) if values.dtype == np.float64 else values
 
 
 def _check_size(message: list) -> None:
@@ -133,9 +134,10 @@ class EngineClient:
         # Unique across clients and processes: request ids and the routing id the engine knows this
         # client by, across its reconnects (a retry is answered from the engine's cache).
         self._prefix = uuid.uuid4().hex
-        # Shared-memory blocks by role: "image" (with the alpha slots) and "prior".
+        # Shared-memory blocks by role: "image" (with the alpha slots), "prior" and "trimap".
         self._blocks: dict[str, SharedBlock] = {}
         self._refused: dict[str, int] = {}  # by role, the smallest size the system had no room for
+        self._engine_minor: int | None = None  # the engine's protocol_minor, asked once it matters
 
     # ---- operations ----------------------------------------------------------------------------
     def hello(self) -> dict:
@@ -152,8 +154,8 @@ class EngineClient:
 
     def matte(self, stream: str, frame: int, image: np.ndarray | None = None, *, path: str | None = None,
               transport: str = "inline", colourspace: str | None = None, prior: np.ndarray | None = None,
-              prior_path: str | None = None,
-              temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
+              prior_path: str | None = None, trimap: np.ndarray | None = None, trimap_path: str | None = None,
+              trimap_dilation: int = 0, temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
               max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
         """Alpha (H, W; copy it to change it) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
         C in 1, 3, 4, sent ``inline`` or through ``shm`` (shared memory, for an engine on this Linux
@@ -162,6 +164,10 @@ class EngineClient:
         The optional coarse alpha: ``prior`` ((H, W) or (H, W, 1) at any resolution, of the image's
         dtypes, integers scaled to [0, 1] as the image's are; float64 is sent as float32), sent by
         ``transport`` as the image is, in a block of its own through ``shm``; or ``prior_path`` (a file).
+        The optional trimap: ``trimap`` or ``trimap_path``, as the prior (0 background, 1
+        foreground, anything between unknown; any resolution of the image's aspect), its unknown
+        region grown by ``trimap_dilation`` pixels; it needs an engine of protocol 1.2 or later
+        (an older one would ignore it): EngineError ``old_engine`` otherwise.
         Through ``shm`` the alpha is a view of this client's block, not a copy; it stays valid for
         as long as anything refers to it, and its slot is reused only once nothing does (see
         shared_block.py). Keep ``alpha.copy()`` to collect many."""
@@ -175,6 +181,9 @@ class EngineClient:
             raise ValueError("matte needs an image array or a path")
         if alpha_dtype not in protocol.ALPHA_DTYPES:
             raise ValueError(f"alpha_dtype must be one of {', '.join(protocol.ALPHA_DTYPES)}, got {alpha_dtype!r}")
+        if trimap is not None or trimap_path is not None:
+            self._require_minor(2, "a trimap")
+            header["trimap_dilation"] = int(trimap_dilation)
         # The lock covers the shared-memory block too: threads must not overwrite each other's frames.
         with self._lock:
             payload: list = []
@@ -189,7 +198,11 @@ class EngineClient:
             if prior_path is not None:
                 header["prior"] = {"transport": "file", "path": os.path.abspath(prior_path)}
             elif prior is not None:
-                header["prior"] = self._pixel_block(_prior_array(prior), transport, payload, "prior")
+                header["prior"] = self._pixel_block(_guide_array(prior, "prior"), transport, payload, "prior")
+            if trimap_path is not None:
+                header["trimap"] = {"transport": "file", "path": os.path.abspath(trimap_path)}
+            elif trimap is not None:
+                header["trimap"] = self._pixel_block(_guide_array(trimap, "trimap"), transport, payload, "trimap")
             lent = []  # the alpha's view of its slot, made while the engine computes: it then costs no time
 
             def lend():
@@ -201,6 +214,16 @@ class EngineClient:
             else:
                 alpha = np.frombuffer(frames[0], dtype=protocol.DTYPES[reply["dtype"]]).reshape(reply["shape"])
         return alpha, reply["stats"]
+
+    def _require_minor(self, minor: int, what: str) -> None:
+        """EngineError unless the engine speaks 1.``minor`` or later: an older one ignores fields
+        it does not know, and would send back a different matte without a word."""
+        if self._engine_minor is None:
+            self._engine_minor = int(self.hello().get("protocol_minor", 0))
+        if self._engine_minor < minor:
+            raise EngineError("old_engine", f"the engine at {self.address} speaks protocol {protocol.VERSION}."
+                                            f"{self._engine_minor}; {what} needs {protocol.VERSION}.{minor} or "
+                                            f"later: update the engine (sparsemat engine stop, then start)")
 
     def close(self) -> None:
         with self._lock:

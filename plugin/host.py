@@ -38,10 +38,12 @@ class Settings:
     keyframe_interval: int = 0
     colourspace: str = DEFAULT_COLOURSPACE
     timeout: float = 10.0  # longest silence from the engine, in seconds (not the longest frame)
+    trimap_dilation: int = 0  # pixels a trimap's unknown region grows by, when a trimap is given
 
     def temporal_key(self) -> tuple:
         """Settings that decide whether the engine's temporal state for a stream still applies."""
-        return (self.address, self.temporal, self.keyframe_interval if self.temporal else 0, self.colourspace)
+        return (self.address, self.temporal, self.keyframe_interval if self.temporal else 0, self.colourspace,
+                self.trimap_dilation)
 
 
 def default_address() -> str:
@@ -229,28 +231,34 @@ def describe(error: BaseException, address: str = "") -> str:
     return f"SparseMat: {type(error).__name__}: {error}"
 
 
-def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, prior: str | None = None) -> dict:
+def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, prior: str | None = None,
+          trimap: str | None = None) -> dict:
     """Matte one rendered frame and write its alpha EXR; returns the engine's stats plus ``seconds``
     and ``engine``. Raises the client's EngineError / EngineUnavailable, MatteError or ExrError.
 
-    Local engine: the engine reads ``source`` (and ``prior``) itself. Remote engine: the pixels are read
-    here (``exr``, numpy only) and sent inline. The alpha comes back as float32 and is written as a
+    ``prior`` and ``trimap``: rendered one-channel ("A") EXRs of the frame's guides, or None.
+    Local engine: the engine reads ``source`` (and the guides) itself. Remote engine: the pixels are
+    read here (``exr``, numpy only) and sent inline. The alpha comes back as float32 and is written as a
     one-channel ("A") float EXR, zip compressed. The rendered inputs are removed afterwards."""
     started = time.perf_counter()
     options = {"colourspace": settings.colourspace, "temporal": bool(settings.temporal),
                "keyframe_interval": int(settings.keyframe_interval) if settings.temporal else 0,
                "alpha_dtype": "float32"}
+    if trimap is not None:
+        options["trimap_dilation"] = int(settings.trimap_dilation)
     try:  # from the first engine call on: an unreachable engine must not strand the rendered inputs
         client = client_for(settings)
         state = engine_state(client)
         if transport(settings.address) == "file":
-            result, stats = client.matte(stream, frame, path=source, prior_path=prior, **options)
+            result, stats = client.matte(stream, frame, path=source, prior_path=prior, trimap_path=trimap, **options)
         else:
             pixels = exr.read(source, ("R", "G", "B"))[0]
-            prior_alpha = None if prior is None else exr.read(prior, ("A",))[0][..., 0]
-            result, stats = client.matte(stream, frame, pixels, transport="inline", prior=prior_alpha, **options)
+            prior_alpha, trimap_alpha = (None if guide is None else exr.read(guide, ("A",))[0][..., 0]
+                                         for guide in (prior, trimap))
+            result, stats = client.matte(stream, frame, pixels, transport="inline", prior=prior_alpha,
+                                         trimap=trimap_alpha, **options)
     finally:
-        remove_files(source, prior)
+        remove_files(source, prior, trimap)
     exr.write(alpha, np.asarray(result, dtype=np.float32), ("A",), half=False, compression=exr.ZIP)
     return {**stats, "seconds": time.perf_counter() - started, "engine": state}
 

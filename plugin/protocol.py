@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 
 VERSION = 1  # the major version every header carries as "v": a change here breaks clients
-MINOR = 1  # what this engine adds within VERSION (docs/PROTOCOL.md, "Versions"); hello reports it
+MINOR = 2  # what this engine adds within VERSION (docs/PROTOCOL.md, "Versions"); hello reports it
 OPERATIONS = ("hello", "matte", "reset", "status", "shutdown")
 DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16, "float32": np.float32}
 ALPHA_DTYPES = ("float16", "float32")

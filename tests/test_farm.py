@@ -213,8 +213,32 @@ def test_no_checkpoint_and_no_prior_fails_before_any_engine_starts(prior_clip, r
                             env=_env(runtime), timeout=120)
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-3000:]
-    assert "nothing to matte with: set Checkpoint (the SparseMat network) or PriorFolder" in log, log[-3000:]
+    assert "nothing to matte with: set Checkpoint (the SparseMat network), or PriorFolder" in log, log[-3000:]
     assert "Chunks run: 0" in log and "engine started at " not in log and not (tmp_path / "out").exists()
+
+
+def test_trimaps_reach_every_task(clip, seed1_checkpoint, runtime, tmp_path):
+    """A TrimapFolder (8-bit, half the plate's size) and a dilation: the chunked farm run gives the
+    files of one in-process run with the same trimaps, whose known pixels are exact."""
+    y, x = np.mgrid[:48, :48]
+    distance = np.hypot(y - 24, x - 24) - 14
+    for frame in FRAMES:
+        ring = np.abs(distance - (frame - 4) / 2) <= 2
+        trimap = np.where(ring, 128, np.where(distance < 0, 255, 0)).astype(np.uint8)
+        write_rgb(tmp_path / f"t.{frame:04d}.png", trimap[..., None])
+    trimap = tmp_path / "t.%04d.png"
+    options = ("--trimap", trimap, "--trimap-dilation", "1")
+    runs = {"whole": _in_process_runs(clip, tmp_path, "--checkpoint", seed1_checkpoint, *options)["whole"],
+            "farm": _farm_run(clip, tmp_path / "farm" / "a.%04d.exr", 5, f"Checkpoint={seed1_checkpoint}",
+                              f"TrimapFolder={tmp_path}", "TrimapFile=t.%04d.png", "TrimapDilation=1")}
+    log = _run_all(runs, _env(runtime))["farm"]
+    assert "Session ended successfully" in log, log[-3000:]
+    for frame in FRAMES:
+        alpha = read_alpha(str(tmp_path / "farm" / f"a.{frame:04d}.exr"))
+        assert np.array_equal(alpha, read_alpha(str(tmp_path / "whole" / f"a.{frame:04d}.exr"))), frame
+        known = np.kron(read_alpha(str(tmp_path / f"t.{frame:04d}.png")), np.ones((2, 2)))
+        unknown = np.lib.stride_tricks.sliding_window_view(np.pad((known > 0) & (known < 1), 1), (3, 3)).any(axis=(2, 3))
+        assert np.all(alpha[(known == 1) & ~unknown] == 1) and np.all(alpha[(known == 0) & ~unknown] == 0), frame
 
 
 # A studio path of 200 characters, as deep project trees give.

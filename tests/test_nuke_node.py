@@ -362,6 +362,31 @@ def test_the_prior_input_reaches_the_engine(engine, plate, cli_alphas, tmp_path)
     assert np.array_equal(made, expected) and not np.array_equal(made, cli_alphas[1])
 
 
+def test_the_trimap_input_and_its_dilation_reach_the_engine(engine, plate, tmp_path):
+    """A trimap's alpha on the Trimap input (any resolution of the plate's aspect) bounds the band;
+    its known pixels come back exact, and the node's dilation knob reaches the engine."""
+    from sparsemat.engine.imageio import write_alpha
+
+    new_session(str(tmp_path / "trimap.nk"))
+    height, width = exr.read(plate[0] % 1, ("R",))[0].shape[:2]
+    trimap = np.zeros((height // 2, width // 2), np.float32)
+    trimap[height // 8: 3 * height // 8, width // 8: 3 * width // 8] = 0.5
+    trimap[height // 5: height // 3, width // 5: width // 3] = 1.0
+    write_alpha(str(tmp_path / "trimap.0001.exr"), trimap)
+    group = sparsemat_on(plate[0], engine)
+    group.setInput(2, nuke.nodes.Read(file=str(tmp_path / "trimap.####.exr"), first=1, last=1))
+    group["trimap_dilation"].setValue(1)
+    sparsemat_work.matte_now(group, 1)
+    made = alpha_files(group, (1,))[1]
+    expected, stats = EngineClient(engine).matte("trimap-check", 1, path=plate[0] % 1, colourspace="linear",
+                                                 trimap=trimap, trimap_dilation=1)
+    assert np.array_equal(made, expected)
+    known = np.kron(trimap, np.ones((2, 2), np.float32))
+    widened = np.lib.stride_tricks.sliding_window_view(np.pad(known == 0.5, 1), (3, 3)).any(axis=(2, 3))
+    assert np.all(made[(known == 1) & ~widened] == 1) and np.all(made[(known == 0) & ~widened] == 0)
+    assert stats["spatial_pixels"] == widened.sum()
+
+
 # ---- errors --------------------------------------------------------------------------------------------------
 
 def test_engine_errors_become_node_errors(engine, plate, tmp_path):

@@ -13,7 +13,7 @@ SHM_FOLDER = "/dev/shm"
 
 class SharedMemoryBlocks:
     """Mapping a block anew makes every page fault on first touch, which cost more than the copy
-    itself; clients reuse their blocks (one for frames, one for priors), so the mappings are
+    itself; clients reuse their blocks (one for frames, one each for priors and trimaps), so the mappings are
     kept. A block is known by its name and inode, so a name reused for a new block is mapped
     afresh, and so is a block whose size changed (reading past a shrunk block's end would be a
     SIGBUS). What ``read`` hands its callback is valid until the block is unmapped: by ``close``,

@@ -13,7 +13,7 @@ from sparsemat.plugin import protocol
 from sparsemat.plugin.protocol import ProtocolError
 
 from ..imageio import ImageReadError, display_rgb, read_alpha, read_rgb
-from ..validation import MIN_PIXELS, frame_size_problem
+from ..validation import MAX_TRIMAP_DILATION, MIN_PIXELS, frame_size_problem
 from .blocks import SharedMemoryBlocks
 
 # A POSIX shared-memory name as the Python client makes them: one name in /dev/shm, no path.
@@ -61,6 +61,8 @@ class MatteRequest:
     frame: int
     image: PixelSource
     prior: PixelSource | None
+    trimap: PixelSource | None
+    trimap_dilation: int
     colourspace: str | None
     temporal: bool
     keyframe_interval: int
@@ -94,10 +96,15 @@ def parse_matte(header: dict, frames: list, policy: Policy) -> MatteRequest:
         if image.transport != "shm" or alpha_shm_offset < image.nbytes or alpha_shm_offset % itemsize:
             raise ProtocolError("bad_request", f"'alpha_shm_offset' needs the image in shared memory, must not "
                                                f"overlap its pixels, and must be a multiple of {itemsize}")
-    prior = require(header, "prior", dict, required=False)
+    trimap_dilation = require(header, "trimap_dilation", int, default=0)
+    if not 0 <= trimap_dilation <= MAX_TRIMAP_DILATION:
+        raise ProtocolError("bad_request", f"'trimap_dilation' must be 0 to {MAX_TRIMAP_DILATION}")
+    prior, trimap = (require(header, name, dict, required=False) for name in ("prior", "trimap"))
     return MatteRequest(
         stream=stream, frame=frame, image=image,
         prior=None if prior is None else pixel_source(prior, frames, "prior", (1,), policy),
+        trimap=None if trimap is None else pixel_source(trimap, frames, "trimap", (1,), policy),
+        trimap_dilation=trimap_dilation,
         colourspace=colourspace, temporal=temporal, keyframe_interval=keyframe_interval,
         alpha_dtype=alpha_dtype, max_pixels=max_pixels, alpha_shm_offset=alpha_shm_offset)
 
@@ -204,8 +211,9 @@ def load_image(source: PixelSource, colourspace: str | None, blocks: SharedMemor
         raise ProtocolError("bad_request", str(exc)) from exc
 
 
-def load_prior(source: PixelSource, blocks: SharedMemoryBlocks, policy: Policy) -> np.ndarray:
-    """Matter checks the prior's values (NaN or infinity); a file's are checked as it is read.
+def load_guide(source: PixelSource, blocks: SharedMemoryBlocks, policy: Policy) -> np.ndarray:
+    """A prior or a trimap: one channel. Matter checks its values (NaN or infinity); a file's are
+    checked as it is read.
     Float32 pixels are a view, as the image's are: Matter reads them once, into a clipped copy."""
     if source.transport != "file":
         return raw_pixels(source, blocks)[..., 0]

@@ -18,7 +18,7 @@ from ..allocator import give_back_freed_memory
 from ..streams import CachedReply, StreamStore
 from ..validation import FrameError
 from .blocks import SharedMemoryBlocks
-from .requests import MatteRequest, Policy, load_image, load_prior
+from .requests import MatteRequest, Policy, load_guide, load_image
 
 log = logging.getLogger("sparsemat.engine")
 STOP = object()
@@ -120,13 +120,15 @@ class Worker:
         return self._matte(request_id, matte, key, stream)
 
     def _matte(self, request_id, request: MatteRequest, key: tuple, stream) -> list:
-        if self.matter.model is None and request.prior is None:
-            raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior'")
+        if self.matter.model is None and request.prior is None and request.trimap is None:
+            raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior' "
+                                               "or a 'trimap'")
         start = time.perf_counter()
-        # The prior's and the image's pixels may be views of blocks, which stay mapped until
+        # The guides' and the image's pixels may be views of blocks, which stay mapped until
         # Matter has read them: a block is unmapped only as the least recently read of over
-        # ``keep``, and these two are the most recent.
-        prior = None if request.prior is None else load_prior(request.prior, self._blocks, self._policy)
+        # ``keep``, and these three are the most recent.
+        prior, trimap = (None if source is None else torch.from_numpy(load_guide(source, self._blocks, self._policy))
+                         for source in (request.prior, request.trimap))
         frame_rgb = load_image(request.image, request.colourspace, self._blocks, self._policy)
         shm_alpha = None
         if request.alpha_shm_offset is not None:  # refused before the compute if the block is too small
@@ -135,8 +137,8 @@ class Worker:
         read_ms = (time.perf_counter() - start) * 1000.0
         previous = self.streams.previous_state(stream, request.frame, request.temporal, request.keyframe_interval)
         try:
-            alpha, state, stats = self.matter.matte(torch.from_numpy(frame_rgb), previous,
-                                                    prior=None if prior is None else torch.from_numpy(prior),
+            alpha, state, stats = self.matter.matte(torch.from_numpy(frame_rgb), previous, prior=prior, trimap=trimap,
+                                                    trimap_dilation=request.trimap_dilation,
                                                     max_pixels=request.max_pixels)
         except FrameError as exc:
             raise ProtocolError("bad_pixels", str(exc)) from exc

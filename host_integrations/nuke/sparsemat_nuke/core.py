@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sparsemat.plugin import host
 
@@ -53,13 +54,27 @@ def node_folder(script: str, node: str) -> str:
 class Paths:
     """Nuke-style patterns (``####`` for the frame, ``%V`` for the view) of one node's files."""
     source: str  # the plate, rendered by the internal Write (half, raw)
-    prior: str  # the prior input's alpha, rendered by the second internal Write
+    prior: str  # the Prior input's alpha, rendered by the second internal Write
+    trimap: str  # the Trimap input's alpha, rendered by the third
     alpha: str  # the matte, written here, read by the internal Read
 
 
 def paths(script: str, node: str) -> Paths:
     folder = node_folder(script, node)
-    return Paths(*(os.path.join(folder, f"{name}.%V.####.exr") for name in ("source", "prior", "alpha")))
+    return Paths(*(os.path.join(folder, f"{name}.%V.####.exr") for name in ("source", "prior", "trimap", "alpha")))
+
+
+class Rendered(NamedTuple):
+    """One frame's files: the inputs rendered for the engine (a guide None when its input is not
+    connected) and where its matte goes."""
+    source: str
+    prior: str | None
+    trimap: str | None
+    alpha: str
+
+    def inputs(self) -> tuple:
+        return self.source, self.prior, self.trimap
+
 
 
 _FRAME_TOKENS = re.compile(r"(#+)|%(0?\d*)d")

@@ -7,6 +7,7 @@ access in Nuke):
     Source -> SourceWrite (EXR, half, raw) -> [engine] -> alpha EXR -> AlphaRead (raw)
     Source ----------------------------------------------------------> AlphaCopy -> EngineError (Assert) -> Output
     Prior  -> PriorWrite (EXR, alpha, float, raw) -> [engine, as the prior]
+    Trimap -> TrimapWrite (EXR, alpha, float, raw) -> [engine, as the trimap]
 
 Everything here runs in Nuke's main thread and never inside a render callback (Nuke refuses
 node edits there).
@@ -22,7 +23,9 @@ from sparsemat.plugin import host
 from . import __version__, core
 
 MARKER = "sparsemat_version"  # hidden knob that marks a Group as a SparseMat node
-SOURCE_WRITE, PRIOR_WRITE, ALPHA_READ, COPY, ASSERT = "SourceWrite", "PriorWrite", "AlphaRead", "AlphaCopy", "EngineError"
+SOURCE_WRITE, PRIOR_WRITE, TRIMAP_WRITE = "SourceWrite", "PriorWrite", "TrimapWrite"
+ALPHA_READ, COPY, ASSERT = "AlphaRead", "AlphaCopy", "EngineError"
+GUIDES = ((1, "Prior", PRIOR_WRITE), (2, "Trimap", TRIMAP_WRITE))  # (input number, input name, its Write)
 
 _lock = threading.Lock()
 _failed: dict[str, set] = {}  # node full name -> frames whose matte failed (the Assert fails on them)
@@ -73,6 +76,9 @@ def _add_knobs(group) -> None:
     _knob(group, nuke.Int_Knob("keyframe_interval", "keyframe interval"), 0,
           "When > 0, frames that are multiples of it are computed in full, and a render starting "
           "elsewhere first re-mattes the frames since the last one: results do not depend on farm chunks.")
+    _knob(group, nuke.Int_Knob("trimap_dilation", "trimap dilation"), 0,
+          "With a Trimap input (its alpha: 0 background, 1 foreground, anything between unknown): pixels its "
+          "unknown region grows by on each side (0 to 256). Known pixels are exact in the matte.")
     _knob(group, nuke.String_Knob("colourspace", "input colourspace"), host.DEFAULT_COLOURSPACE,
           "Colourspace of the input's pixels as rendered raw: linear (scene-linear Rec.709), srgb, or an "
           "OpenColorIO colourspace name of the engine's config (ACEScg, ...).")
@@ -102,16 +108,17 @@ def _build_internals(group) -> None:
     try:
         source = nuke.nodes.Input(name="Source")
         _set(source, number=0)
-        prior = nuke.nodes.Input(name="Prior")
-        _set(prior, number=1)
         write = nuke.nodes.Write(name=SOURCE_WRITE)
         _set(write, file_type="exr", datatype="16 bit half", compression="none", channels="rgb", raw=True,
              disable=True)
         write.setInput(0, source)
-        prior_write = nuke.nodes.Write(name=PRIOR_WRITE)
-        _set(prior_write, file_type="exr", datatype="32 bit float", compression="none", channels="alpha",
-             raw=True, disable=True)
-        prior_write.setInput(0, prior)
+        for number, name, write_name in GUIDES:
+            guide = nuke.nodes.Input(name=name)
+            _set(guide, number=number)
+            guide_write = nuke.nodes.Write(name=write_name)
+            _set(guide_write, file_type="exr", datatype="32 bit float", compression="none", channels="alpha",
+                 raw=True, disable=True)
+            guide_write.setInput(0, guide)
         read = nuke.nodes.Read(name=ALPHA_READ)
         _set(read, raw=True, on_error="black", before="black", after="black")
         copy = nuke.nodes.Copy(name=COPY)
@@ -142,7 +149,8 @@ def settings(group) -> core.Settings:
         keyframe_interval=max(0, int(group["keyframe_interval"].value())),
         colourspace=group["colourspace"].value().strip() or host.DEFAULT_COLOURSPACE,
         channel=core.output_channel(group["output"].value(), group["layer"].value()),
-        timeout=float(group["timeout"].value()))
+        timeout=float(group["timeout"].value()),
+        trimap_dilation=int(group["trimap_dilation"].value()))  # the engine says when it is out of range
 
 
 def input_range(group) -> tuple[int, int]:
@@ -168,6 +176,7 @@ def sync(group) -> tuple[core.Settings, core.Paths]:
     files = core.paths(nuke.root().name(), group.fullName())
     group.node(SOURCE_WRITE)["file"].setValue(files.source)
     group.node(PRIOR_WRITE)["file"].setValue(files.prior)
+    group.node(TRIMAP_WRITE)["file"].setValue(files.trimap)
     read = group.node(ALPHA_READ)
     first, last = input_range(group)
     if read["file"].value() != files.alpha:

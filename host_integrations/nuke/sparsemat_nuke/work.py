@@ -27,8 +27,8 @@ import nuke
 from sparsemat.plugin import host
 
 from . import core
-from .node import (ALPHA_READ, PRIOR_WRITE, SOURCE_WRITE, input_range, is_sparsemat, show_error,
-                   show_failure, show_status, show_success, sync)
+from .node import (ALPHA_READ, GUIDES, SOURCE_WRITE, input_range, is_sparsemat, show_error, show_failure,
+                   show_status, show_success, sync)
 
 _lock = threading.Lock()
 _jobs: dict[str, object] = {}  # node full name -> the worker matting it (or the finished terminal-mode job)
@@ -57,9 +57,10 @@ def _execute(write, frame: int, view: str) -> None:
         write["disable"].setValue(True)
 
 
-def render_inputs(name: str, files: core.Paths, frame: int, view: str) -> tuple[str, str | None, str]:
-    """(plate file, prior file or None, alpha file) of one frame, the inputs rendered now (main thread).
-    ``files``: what ``sync`` returned when the work began (it pointed the internal nodes there)."""
+def render_inputs(name: str, files: core.Paths, frame: int, view: str) -> core.Rendered:
+    """One frame's files, the inputs rendered now (main thread); a guide input (Prior, Trimap) only
+    when connected. ``files``: what ``sync`` returned when the work began (it pointed the internal
+    nodes there)."""
     group = nuke.toNode(name)
     if group is None:
         raise host.MatteError(f"the node {name} no longer exists")
@@ -68,11 +69,14 @@ def render_inputs(name: str, files: core.Paths, frame: int, view: str) -> tuple[
     source = core.frame_path(files.source, frame, view)
     os.makedirs(os.path.dirname(source), exist_ok=True)
     _execute(group.node(SOURCE_WRITE), frame, view)
-    prior = None
-    if group.input(1) is not None:
-        _execute(group.node(PRIOR_WRITE), frame, view)
-        prior = core.frame_path(files.prior, frame, view)
-    return source, prior, core.frame_path(files.alpha, frame, view)
+    guides = []
+    for (number, _, write), pattern in zip(GUIDES, (files.prior, files.trimap)):
+        if group.input(number) is None:
+            guides.append(None)
+            continue
+        _execute(group.node(write), frame, view)
+        guides.append(core.frame_path(pattern, frame, view))
+    return core.Rendered(source, *guides, core.frame_path(files.alpha, frame, view))
 
 
 def _in_main_thread(function, *args) -> Future:
@@ -184,10 +188,10 @@ def _discard(future: Future | None) -> None:
     if future is None:
         return
     try:
-        source, prior, _ = future.result()
+        rendered = future.result()
     except Exception:
         return
-    host.remove_files(source, prior)
+    host.remove_files(*rendered.inputs())
 
 
 def _run_job(plans: list, script: str, frames: list, views: list, progress: bool, then) -> None:
@@ -220,10 +224,11 @@ def _matte_view(task, label, name, script, values, files, frames, view, first) -
                     return False
                 task.setMessage(f"{label}: frame {frame}")
             try:
-                source, prior, alpha = pending.result()
+                rendered = pending.result()
                 pending = (_in_main_thread(render_inputs, name, files, work[index + 1], view)
                            if index + 1 < len(work) else None)
-                stats = host.matte(values, stream, frame, source, alpha, prior)
+                stats = host.matte(values, stream, frame, rendered.source, rendered.alpha, rendered.prior,
+                                   rendered.trimap)
             except Exception as exc:
                 tracker.matted(stream, values, None)
                 message = f"{name}, frame {frame}: {host.describe(exc, values.address)}"
@@ -306,8 +311,9 @@ def matte_now(group, frame: int, view: str = "main") -> dict:
     stats: dict = {}
     for current in host.with_preroll([frame], values, tracker.last(stream, values), input_range(group)[0]):
         try:
-            source, prior, alpha = render_inputs(name, files, current, view)
-            stats = host.matte(values, stream, current, source, alpha, prior)
+            rendered = render_inputs(name, files, current, view)
+            stats = host.matte(values, stream, current, rendered.source, rendered.alpha, rendered.prior,
+                               rendered.trimap)
         except Exception as exc:
             tracker.matted(stream, values, None)
             message = f"{name}, frame {current}: {host.describe(exc, values.address)}"
@@ -330,7 +336,7 @@ def before_frame_render() -> None:
     matted this frame already (nothing can be rendered or changed from here). Our own internal
     Writes are not checked."""
     write = nuke.thisNode()
-    if write.fullName().rsplit(".", 1)[-1] in (SOURCE_WRITE, PRIOR_WRITE):
+    if write.fullName().rsplit(".", 1)[-1] in (SOURCE_WRITE, *(guide[2] for guide in GUIDES)):
         return
     frame, view = int(nuke.frame()), _this_view()
     for group in upstream(write):
