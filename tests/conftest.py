@@ -114,6 +114,16 @@ def stop_engine(address: str, runtime) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
+def engine(runtime, seed1_checkpoint):
+    """A real engine with the seeded checkpoint for a module's tests, on a socket in its runtime
+    folder: its address."""
+    address = f"ipc://{runtime}/engine.sock"
+    start_engine(address, seed1_checkpoint, runtime)
+    yield address
+    stop_engine(address, runtime)
+
+
+@pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
     """A private runtime folder (socket, pid and log files) for a module's engines."""
     folder = tmp_path_factory.mktemp("run")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, start_engine, stop_engine
+from conftest import REPO, run_cli
 
 INSTALLER = REPO / "install" / "install_blender.py"
 SCRIPTS = REPO / "tests" / "blender_scripts"
@@ -67,14 +67,6 @@ def installed(blender, blender_env) -> Path:
         pytest.skip(f"PyPI cannot be reached: {result.stderr.strip().splitlines()[-1]}")
     assert result.returncode == 0, result.stderr
     return Path(blender_env["BLENDER_USER_SCRIPTS"]) / "addons" / "sparsemat_blender"
-
-
-@pytest.fixture(scope="module")
-def engine(runtime, seed1_checkpoint):
-    address = f"ipc://{runtime}/engine.sock"
-    start_engine(address, seed1_checkpoint, runtime)
-    yield address
-    stop_engine(address, runtime)
 
 
 @pytest.fixture(scope="module")

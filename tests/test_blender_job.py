@@ -7,23 +7,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from conftest import REPO, start_engine, stop_engine
+from conftest import REPO
 
 sys.path.insert(0, str(REPO / "host_integrations" / "blender"))
 
 from sparsemat_blender.job import MatteJob  # noqa: E402
 
 from sparsemat.plugin import exr, host  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def engine(runtime, seed1_checkpoint):
-    address = f"ipc://{runtime}/engine.sock"
-    start_engine(address, seed1_checkpoint, runtime)
-    yield address
-    stop_engine(address, runtime)
 
 
 def plate_renderer(reference, folder: Path, broken: set[int] = frozenset(), failing: set[int] = frozenset()):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, scaled, start_engine, stop_engine, write_rgb
+from conftest import REPO, run_cli, scaled, write_rgb
 
 STANDIN = REPO / "tests" / "nuke_standin"
 INTEGRATION = REPO / "host_integrations" / "nuke"
@@ -38,14 +38,6 @@ FRAMES = range(1, 6)
 
 
 # ---- fixtures: an engine, a plate, the CLI's mattes of it ----------------------------------------------------
-
-@pytest.fixture(scope="module")
-def engine(runtime, seed1_checkpoint):
-    address = f"ipc://{runtime}/engine.sock"
-    start_engine(address, seed1_checkpoint, runtime)
-    yield address
-    stop_engine(address, runtime)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def scratch(tmp_path_factory):
