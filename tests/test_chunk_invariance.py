@@ -59,11 +59,11 @@ class Interrupted(EngineMatter):
         super().__init__(client, "job", warn=warn)
         self.before, self.interrupt = set(before), interrupt
 
-    def __call__(self, frame_rgb, frame, new_stream, prior=None):
+    def __call__(self, frame_rgb, frame, new_stream, **guides):
         if frame in self.before:
             self.before.discard(frame)
             self.interrupt()
-        return super().__call__(frame_rgb, frame, new_stream, prior)
+        return super().__call__(frame_rgb, frame, new_stream, **guides)
 
 
 def assert_same_files(out, expected):
