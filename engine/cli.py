@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     matte.add_argument("--prior", metavar="PATTERN",
                        help="coarse alpha per frame (any resolution: a roto, a keyer's matte) used instead of the "
                             "network's prior alpha; without --checkpoint, the weight-free guided refiner refines it")
-    _add_trimap_arguments(matte)
+    _add_guide_arguments(matte)
     matte.add_argument("--backend", default="torch", choices=("torch", "spconv"), help="sparse convolution backend")
     matte.add_argument("--engine", metavar="ADDRESS",
                        help="send frames to a running engine (ipc://... or tcp://...) instead of loading the model here")
@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("start", "serve"):
             action.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
                                 help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT); without one the engine "
-                                     "runs the weight-free guided refiner, and every request must carry a prior")
+                                     "runs the weight-free guided refiner, and every request must carry a prior, a "
+                                     "trimap or a clean plate")
             action.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
                                 help="auto, cpu, cuda or cuda:N, as for matte (default auto)")
             action.add_argument("--memory-budget", type=_positive, default=4.0, metavar="GB",
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--checkpoint", default=os.environ.get("SPARSEMAT_CHECKPOINT"),
                          help="SparseMat checkpoint (default: $SPARSEMAT_CHECKPOINT)")
     preview.add_argument("--prior", metavar="PATTERN", help="coarse alpha per frame, as for matte")
-    _add_trimap_arguments(preview)
+    _add_guide_arguments(preview)
     preview.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help="as for matte")
     preview.add_argument("--input-colorspace", dest="colourspace", metavar="NAME")
     preview.add_argument("--width", type=_positive_int, default=960, help="width of each of the four tiles (default 960)")
@@ -214,7 +215,7 @@ def _checkpoint_file(path: str | None) -> str | None:
     return os.path.abspath(path)
 
 
-def _add_trimap_arguments(command) -> None:
+def _add_guide_arguments(command) -> None:
     from .validation import MAX_TRIMAP_DILATION
 
     command.add_argument("--trimap", metavar="PATTERN",
@@ -225,15 +226,19 @@ def _add_trimap_arguments(command) -> None:
     command.add_argument("--trimap-dilation", type=_trimap_dilation, default=0, metavar="PIXELS",
                          help=f"grow the trimap's unknown region by this many pixels on each side, at the frame's "
                               f"resolution (default 0, at most {MAX_TRIMAP_DILATION})")
+    command.add_argument("--clean-plate", metavar="PATH_OR_PATTERN",
+                         help="the shot without the subject, the frame's size: one picture for a locked-off shot, "
+                              "or a sequence; the prior comes from each frame's colour distance to it (in place of "
+                              "the network's prior; not with --prior), read in the plates' colourspace")
 
 
 def _plan_job(args):
     from .imageio import SUPPORTED_OUTPUTS
-    from .inputs import check_guides, plates, refuse_overwriting
+    from .inputs import check_clean_plate_size, check_guides, plates, refuse_overwriting
     from .job import MatteJob
     from .sequence import SequenceError, check_same_kind, parse_pattern, select_frames
 
-    source, prior, trimap = plates(args)
+    source, prior, trimap, clean_plate = plates(args)
     try:
         target = parse_pattern(args.output)
         check_same_kind(source, "INPUT", target, "OUTPUT")
@@ -244,14 +249,15 @@ def _plan_job(args):
         raise UsageError(str(exc)) from exc
     if not source.is_sequence and not os.path.exists(args.input):
         raise UsageError(f"input not found: {args.input}")
-    check_guides(frames, prior=prior, trimap=trimap)
+    check_guides(frames, prior=prior, trimap=trimap, clean_plate=clean_plate)
+    check_clean_plate_size(clean_plate, source, frames)
     refuse_overwriting((target.path(frame) for frame in frames),
-                       [patterns.path(frame) for patterns in (source, prior, trimap) if patterns is not None
+                       [patterns.path(frame) for patterns in (source, prior, trimap, clean_plate) if patterns is not None
                         for frame in frames])
     temporal = source.is_sequence if args.temporal is None else args.temporal
     return MatteJob(source, target, frames, temporal=temporal, skip_existing=args.skip_existing,
                     colourspace=args.colourspace, half=args.half, prior=prior, trimap=trimap,
-                    trimap_dilation=args.trimap_dilation, keyframe_interval=args.keyframe_interval)
+                    trimap_dilation=args.trimap_dilation, clean_plate=clean_plate, keyframe_interval=args.keyframe_interval)
 
 
 def run_matte(args) -> int:
@@ -268,7 +274,7 @@ def run_matte(args) -> int:
         except ValueError as exc:
             raise UsageError(f"--engine: {exc}") from exc
         return run_remote(job, address, args.max_pixels, progress=not args.quiet, on_frame=_on_frame(args))
-    if not (args.checkpoint or args.prior or args.trimap):
+    if not (args.checkpoint or args.prior or args.trimap or args.clean_plate):
         raise UsageError(NEEDS_A_SOURCE)
     keep_freed_memory()  # before torch is imported and starts its threads
     from .job import JobError, run_job

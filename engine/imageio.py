@@ -84,6 +84,20 @@ def _to_display_rgb(name: str, pixels: np.ndarray, encode: Callable[[np.ndarray]
     return np.ascontiguousarray(encode(pixels), dtype=np.float32)
 
 
+def image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) of a file's display window, from its header alone; None when it cannot be
+    opened (reading it says why)."""
+    image = oiio.ImageInput.open(path)
+    if image is None:
+        oiio.geterror()  # read, so that the error is not reported again with the next one
+        return None
+    try:
+        spec = image.spec()
+        return spec.full_width, spec.full_height
+    finally:
+        image.close()
+
+
 def read_alpha(path: str) -> np.ndarray:
     """float32 (H, W) matte: the channel named "A", else the first channel; all values finite."""
     return read_matte(path)[0]

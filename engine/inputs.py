@@ -1,5 +1,5 @@
-"""What ``matte`` and ``preview`` read, checked before anything loads: the plates, priors and
-trimaps as patterns, the colourspace they are decoded from, and outputs that would overwrite them."""
+"""What ``matte`` and ``preview`` read, checked before anything loads: the plates, priors,
+trimaps and clean plates as patterns, the colourspace they are decoded from, and outputs that would overwrite them."""
 from __future__ import annotations
 
 import os
@@ -8,22 +8,27 @@ from .sequence import Pattern, SequenceError, check_same_kind, parse_pattern
 from .validation import UsageError
 
 NEEDS_A_SOURCE = ("nothing to matte with: give --checkpoint PATH (or set SPARSEMAT_CHECKPOINT) to use the "
-                  "SparseMat network, or --prior PATTERN (a coarse alpha per frame, any resolution) or --trimap "
-                  "PATTERN to refine it with the weight-free guided refiner")
+                  "SparseMat network, or --prior PATTERN (a coarse alpha per frame, any resolution), --trimap "
+                  "PATTERN or --clean-plate PATH to refine it with the weight-free guided refiner")
 
 
-def plates(args) -> tuple[Pattern, Pattern | None, Pattern | None]:
-    """INPUT, --prior and --trimap as patterns: each guide is a sequence exactly when INPUT is, and
+def plates(args) -> tuple[Pattern, Pattern | None, Pattern | None, Pattern | None]:
+    """INPUT, --prior, --trimap and --clean-plate as patterns: a prior or trimap is a sequence exactly
+    when INPUT is, a clean plate one file for all frames or a sequence of INPUT's; and
     --input-colorspace names a colourspace that can be decoded (checked here, not once per frame
     after the model has loaded)."""
     from .imageio import check_colourspace
 
+    if args.prior and args.clean_plate:
+        raise UsageError("--prior and --clean-plate both replace the network's prior: give one")
     try:
         source = parse_pattern(args.input)
-        guides = [parse_pattern(text) if text else None for text in (args.prior, args.trimap)]
+        guides = [parse_pattern(text) if text else None for text in (args.prior, args.trimap, args.clean_plate)]
         for flag, guide in zip(("--prior", "--trimap"), guides):
             if guide is not None:
                 check_same_kind(source, "INPUT", guide, flag)
+        if guides[2] is not None and guides[2].is_sequence:
+            check_same_kind(source, "INPUT", guides[2], "a --clean-plate sequence")
     except SequenceError as exc:
         raise UsageError(str(exc)) from exc
     if args.colourspace is not None:
@@ -35,16 +40,30 @@ def plates(args) -> tuple[Pattern, Pattern | None, Pattern | None]:
 
 
 def check_guides(frames: list, **guides: Pattern | None) -> None:
-    """UsageError when a guide (``prior=``, ``trimap=``: a --prior or --trimap pattern) names no
+    """UsageError when a guide (``prior=``, ``trimap=``, ``clean_plate=``: the pattern of its flag) names no
     existing file for any of ``frames`` (a typo in the pattern), said once now rather than once a
     frame later. Guides missing for some frames only fail those frames."""
     for name, guide in guides.items():
         if guide is None or any(os.path.isfile(guide.path(frame)) for frame in frames):
             continue
+        option, what = "--" + name.replace("_", "-"), name.replace("_", " ")
         if not guide.is_sequence:
-            raise UsageError(f"--{name} file not found: {guide.text}")
-        raise UsageError(f"no frames match --{name} '{guide.text}': none of the {len(frames)} frame(s) to matte has "
-                         f"its {name} (the first would be {guide.path(frames[0])})")
+            raise UsageError(f"{option} file not found: {guide.text}")
+        raise UsageError(f"no frames match {option} '{guide.text}': none of the {len(frames)} frame(s) to matte has "
+                         f"its {what} (the first would be {guide.path(frames[0])})")
+
+
+def check_clean_plate_size(plate: Pattern | None, source: Pattern, frames: list) -> None:
+    """UsageError when one clean plate for every frame has another size than the first frame: said
+    once, not once a frame. A sequence's plates are checked with their frames."""
+    from .imageio import image_size
+
+    if plate is None or plate.is_sequence:
+        return
+    sizes = image_size(plate.text), image_size(source.path(frames[0]))
+    if None not in sizes and sizes[0] != sizes[1]:
+        raise UsageError(f"--clean-plate is {sizes[0][0]}x{sizes[0][1]}, the plates {sizes[1][0]}x{sizes[1][1]} "
+                         f"({source.path(frames[0])}): a clean plate must be the frames' size")
 
 
 def refuse_overwriting(writes, reads) -> None:

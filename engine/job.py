@@ -17,6 +17,7 @@ frame fails with a message saying so.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -39,7 +40,8 @@ class JobError(RuntimeError):
 
 class FrameMatter(Protocol):
     def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None,
-                 trimap: np.ndarray | None = None, trimap_dilation: int = 0) -> tuple[np.ndarray, object]:
+                 trimap: np.ndarray | None = None, trimap_dilation: int = 0, clean_plate: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, object]:
         """Alpha (H, W) float32 and the frame's stats (with ``active_fraction``, ``note`` and
         ``continued``: whether the frame was given its stream's previous state); FrameError for
         pixels the model cannot take."""
@@ -57,6 +59,7 @@ class MatteJob:
     prior: Pattern | None = None
     trimap: Pattern | None = None
     trimap_dilation: int = 0  # pixels the trimap's unknown region grows by on each side
+    clean_plate: Pattern | None = None  # one picture for every frame, or a sequence
     keyframe_interval: int = 0  # > 0: frames that are multiples of it start the temporal stream
 
 
@@ -172,10 +175,10 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
 def _matte_frame(job: MatteJob, matte: FrameMatter, frame, read: tuple, new_stream: bool):
     """(alpha, stats) of a frame read as ``read``, or a FrameError naming the file whose pixels the
     model cannot take."""
-    pixels, prior, trimap = read
+    pixels, prior, trimap, clean_plate = read
     try:
         return matte(pixels, frame, new_stream=new_stream, prior=prior, trimap=trimap,
-                     trimap_dilation=job.trimap_dilation)
+                     trimap_dilation=job.trimap_dilation, clean_plate=clean_plate)
     except FrameError as exc:
         return FrameError(f"cannot matte '{job.input.path(frame)}': {exc}")
 
@@ -233,13 +236,24 @@ def _parents(folder: str) -> list[str]:
 
 
 def _read(job: MatteJob, frame):
-    """(pixels, prior, trimap) of one frame, or the exception that stopped the read."""
+    """(pixels, prior, trimap, clean plate) of one frame, or the exception that stopped the read."""
     try:
         pixels = read_rgb(job.input.path(frame), job.colourspace)
         prior, trimap = (None if guide is None else read_alpha(guide.path(frame)) for guide in (job.prior, job.trimap))
-        return pixels, prior, trimap
+        plate = None
+        if job.clean_plate is not None:
+            path = job.clean_plate.path(frame)
+            plate = _read_plate(path, job.colourspace, os.stat(path).st_mtime_ns)
+        return pixels, prior, trimap, plate
     except (ImageReadError, OSError, ValueError) as exc:
         return exc
+
+
+@functools.lru_cache(maxsize=1)
+def _read_plate(path: str, colourspace: str | None, modified: int) -> np.ndarray:
+    """A clean plate, read once while every frame uses the same one (and the file is unchanged);
+    the frames share the array, which matting only reads."""
+    return read_rgb(path, colourspace)
 
 
 def openjd_progress(done: int, total: int, what: str) -> None:

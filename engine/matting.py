@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .clean_plate import clean_plate_prior
 from .guided import refine_band
 from .model import SparseMat
 from .model.backends import make_plan
@@ -120,6 +121,15 @@ def checked_prior(prior: torch.Tensor, name: str = "prior") -> torch.Tensor:
     return prior.clamp(0, 1)
 
 
+def checked_clean_plate(plate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A given clean plate (H, W, 3) of the frame's ``size``; FrameError for another size, NaN or infinity."""
+    if tuple(plate.shape[:2]) != size:
+        raise FrameError(f"the clean plate is {plate.shape[1]}x{plate.shape[0]}, the frame {size[1]}x{size[0]}: a clean "
+                         f"plate must be the frame's size")
+    _finite_range(plate, plate, "clean plate")
+    return plate
+
+
 def checked_trimap(trimap: torch.Tensor, size: tuple[int, int], dilation: int) -> Trimap:
     """A given trimap (h, w) at the frame's ``size``; FrameError for NaN, infinity or another aspect."""
     problem = trimap_size_problem(tuple(trimap.shape), size)
@@ -129,8 +139,9 @@ def checked_trimap(trimap: torch.Tensor, size: tuple[int, int], dilation: int) -
 
 
 class Matter:
-    """``model`` None: the weight-free guided refiner, which needs a prior with every frame; it
-    keeps the same band and temporal rules, and its cost follows the band, so it has no cascade.
+    """``model`` None: the weight-free guided refiner, which needs a prior (or a trimap or a clean
+    plate) with every frame; it keeps the same band and temporal rules, and its cost follows the
+    band, so it has no cascade.
     Holds no temporal state: that is the caller's value (see the module's docstring)."""
 
     def __init__(self, model: SparseMat | None, device: str | torch.device = "cpu", max_pixels: int = MAX_PIXELS,
@@ -177,7 +188,7 @@ class Matter:
 
     @torch.no_grad()
     def matte(self, frame_rgb: torch.Tensor, state: MatteState | None = None, prior: torch.Tensor | None = None,
-              trimap: torch.Tensor | None = None, trimap_dilation: int = 0,
+              trimap: torch.Tensor | None = None, trimap_dilation: int = 0, clean_plate: torch.Tensor | None = None,
               max_pixels: int | None = None) -> tuple[torch.Tensor, MatteState, FrameStats]:
         """``frame_rgb``: (H, W, 3) float RGB, display-encoded; values outside [0, 1] are clipped, NaN or
         infinity raise FrameError. It is only read, never kept. Returns alpha (H, W) float32, the
@@ -193,10 +204,18 @@ class Matter:
         unknown region dilated by ``trimap_dilation`` pixels, and its known pixels are exactly 0
         or 1 in the alpha. Without a prior and a model it is the guided refiner's prior.
 
+        ``clean_plate``: an optional (H, W, 3) picture of the shot without the subject, encoded as
+        ``frame_rgb`` is: the prior then comes from the frame's colour distance to it
+        (``clean_plate.py``), in place of the network's; not with ``prior``. FrameError for another
+        size, NaN or infinity; a plate that does not seem to be the shot's is said in ``stats.note``.
+
         ``max_pixels``: this frame's refinement budget (default: the Matter's).
         """
-        if self.model is None and prior is None and trimap is None:
-            raise ValueError("the guided refiner (no checkpoint) needs a prior alpha or a trimap for every frame")
+        if self.model is None and prior is None and trimap is None and clean_plate is None:
+            raise ValueError("the guided refiner (no checkpoint) needs a prior alpha, a trimap or a clean plate for "
+                             "every frame")
+        if prior is not None and clean_plate is not None:
+            raise ValueError("a prior and a clean plate both replace the network's prior: give one")
         if not 0 <= trimap_dilation <= MAX_TRIMAP_DILATION:
             raise ValueError(f"trimap_dilation must be 0 to {MAX_TRIMAP_DILATION} pixels, got {trimap_dilation}")
         budget = self.max_pixels if max_pixels is None else _checked_budget(max_pixels)
@@ -210,12 +229,17 @@ class Matter:
         image = normalize(frame)
         if trimap is not None:
             trimap = checked_trimap(trimap.to(self.device, torch.float32), (height, width), trimap_dilation)
+        if clean_plate is not None:
+            clean_plate = checked_clean_plate(clean_plate.to(self.device, torch.float32), (height, width))
         events: list = []
 
         with self._stage(stats, "prior", events):
             prior_lr, context = self._prior(image, prior_input) if self.model is not None else (None, None)
             if prior is not None:
                 prior_lr = checked_prior(prior.to(self.device, torch.float32))[None, None]
+            elif clean_plate is not None:
+                prior_lr, plate_note = clean_plate_prior(frame, clean_plate, prior_input)
+                stats.note = "; ".join(note for note in (stats.note, plate_note) if note)
             elif prior_lr is None:  # the guided refiner's prior from the trimap: known 0 and 1, unknown between
                 prior_lr = trimap.fix(torch.full_like(trimap.unknown, 0.5))
             prior = resize_like(prior_lr, image)
@@ -320,9 +344,10 @@ class InProcessMatter:
         self.matter = matter
         self.state: MatteState | None = None
 
-    def __call__(self, frame_rgb, frame: int | None, new_stream: bool, prior=None, trimap=None, trimap_dilation=0):
+    def __call__(self, frame_rgb, frame: int | None, new_stream: bool, prior=None, trimap=None, trimap_dilation=0,
+                 clean_plate=None):
         image = torch.from_numpy(frame_rgb)
-        coarse, known = (None if a is None else torch.from_numpy(a) for a in (prior, trimap))
+        coarse, known, plate = (None if a is None else torch.from_numpy(a) for a in (prior, trimap, clean_plate))
         alpha, self.state, stats = self.matter.matte(image, None if new_stream else self.state, prior=coarse,
-                                                     trimap=known, trimap_dilation=trimap_dilation)
+                                                     trimap=known, trimap_dilation=trimap_dilation, clean_plate=plate)
         return alpha.cpu().numpy(), stats

@@ -88,9 +88,9 @@ def run_preview(args) -> int:
     from .sequence import SequenceError, select_frames
     from .validation import FrameError
 
-    if not (args.checkpoint or args.prior or args.trimap):
+    if not (args.checkpoint or args.prior or args.trimap or args.clean_plate):
         raise UsageError(NEEDS_A_SOURCE)
-    source, prior, trimap = plates(args)
+    source, prior, trimap, clean_plate = plates(args)
     if args.frame is not None and not source.is_sequence:
         raise UsageError(f"--frame needs a sequence pattern, not the single file '{source.text}'")
     try:
@@ -101,8 +101,8 @@ def run_preview(args) -> int:
     previous = frame - 1 if frame is not None and frame > 0 and os.path.exists(source.path(frame - 1)) else None
     reads = [frame] if previous is None else [previous, frame]
     refuse_overwriting([args.output],
-                       [patterns.path(number) for patterns in (source, prior, trimap) if patterns is not None
-                        for number in reads])
+                       [patterns.path(number) for patterns in (source, prior, trimap, clean_plate)
+                        if patterns is not None for number in reads])
     try:
         matter = load_matter(args.checkpoint, args.device)
     except ModelLoadError as exc:
@@ -112,7 +112,9 @@ def run_preview(args) -> int:
         pixels = torch.from_numpy(read_rgb(source.path(number), args.colourspace))
         coarse, known = (None if guide is None else torch.from_numpy(read_alpha(guide.path(number)))
                          for guide in (prior, trimap))
-        return (pixels, *matter.matte(pixels, state, prior=coarse, trimap=known, trimap_dilation=args.trimap_dilation))
+        plate = None if clean_plate is None else torch.from_numpy(read_rgb(clean_plate.path(number), args.colourspace))
+        return (pixels, *matter.matte(pixels, state, prior=coarse, trimap=known, trimap_dilation=args.trimap_dilation,
+                                      clean_plate=plate))
 
     state = None
     no_changed = f"frame {frame} has no previous frame here: no changed pixels (blue)"

@@ -28,11 +28,11 @@ class EngineMatter:
         self.transport = "shm" if client.address.startswith("ipc://") else "inline"
 
     def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None,
-                 trimap: np.ndarray | None = None, trimap_dilation: int = 0):
+                 trimap: np.ndarray | None = None, trimap_dilation: int = 0, clean_plate: np.ndarray | None = None):
         try:
             alpha, stats = self.client.matte(self.stream, 0 if frame is None else frame, frame_rgb,
                                              transport=self.transport, colourspace="srgb", prior=prior,
-                                             trimap=trimap, trimap_dilation=trimap_dilation,
+                                             trimap=trimap, trimap_dilation=trimap_dilation, clean_plate=clean_plate,
                                              temporal=not new_stream, max_pixels=self.max_pixels)
         except EngineError as exc:
             if exc.code != "bad_pixels":  # the engine's FrameError: the frame fails alone, as in process
@@ -56,9 +56,10 @@ def run_remote(job: MatteJob, address: str, max_pixels: int | None, progress: bo
     stream = f"cli-{uuid.uuid4().hex[:12]}"
     reachable = True
     try:
-        if client.hello().get("needs_prior") and job.prior is None and job.trimap is None:
+        if client.hello().get("needs_prior") and job.prior is None and job.trimap is None and job.clean_plate is None:
             raise UsageError(f"the engine at {address} runs the guided refiner (no checkpoint): give --prior PATTERN "
-                             f"(a coarse alpha per frame) or --trimap PATTERN, or use an engine with a checkpoint")
+                             f"(a coarse alpha per frame), --trimap PATTERN or --clean-plate PATH, or use an engine "
+                             f"with a checkpoint")
         from tqdm import tqdm
 
         matter = EngineMatter(client, stream, max_pixels, warn=lambda text: tqdm.write(text, file=sys.stderr))

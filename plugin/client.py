@@ -82,7 +82,7 @@ def start_command(checkpoint: str | None, device: str = "auto", command: Sequenc
                   exit_when_idle: float = AUTOSTART_IDLE_EXIT_S) -> Callable[[str], None]:
     """An ``autostart`` for EngineClient: runs ``sparsemat engine start`` for the address (waits until
     it answers). ``checkpoint`` None starts the weight-free guided refiner (every request then
-    needs a prior). The engine stops itself after ``exit_when_idle`` seconds without work (0:
+    needs a prior, a trimap or a clean plate). The engine stops itself after ``exit_when_idle`` seconds without work (0:
     never), so a host that exits (a ``nuke -x`` render) leaves no engine behind for long."""
     options = ["--device", device, "--exit-when-idle", repr(float(exit_when_idle))]
     if checkpoint:
@@ -134,7 +134,7 @@ class EngineClient:
         # Unique across clients and processes: request ids and the routing id the engine knows this
         # client by, across its reconnects (a retry is answered from the engine's cache).
         self._prefix = uuid.uuid4().hex
-        # Shared-memory blocks by role: "image" (with the alpha slots), "prior" and "trimap".
+        # Shared-memory blocks by role: "image" (with the alpha slots), "prior", "trimap", "clean_plate".
         self._blocks: dict[str, SharedBlock] = {}
         self._refused: dict[str, int] = {}  # by role, the smallest size the system had no room for
         self._engine_minor: int | None = None  # the engine's protocol_minor, asked once it matters
@@ -155,7 +155,8 @@ class EngineClient:
     def matte(self, stream: str, frame: int, image: np.ndarray | None = None, *, path: str | None = None,
               transport: str = "inline", colourspace: str | None = None, prior: np.ndarray | None = None,
               prior_path: str | None = None, trimap: np.ndarray | None = None, trimap_path: str | None = None,
-              trimap_dilation: int = 0, temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
+              trimap_dilation: int = 0, clean_plate: np.ndarray | None = None, clean_plate_path: str | None = None,
+              temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
               max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
         """Alpha (H, W; copy it to change it) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
         C in 1, 3, 4, sent ``inline`` or through ``shm`` (shared memory, for an engine on this Linux
@@ -168,6 +169,9 @@ class EngineClient:
         foreground, anything between unknown; any resolution of the image's aspect), its unknown
         region grown by ``trimap_dilation`` pixels; it needs an engine of protocol 1.2 or later
         (an older one would ignore it): EngineError ``old_engine`` otherwise.
+        The optional clean plate (the shot without the subject, the image's size, dtype and
+        colourspace): ``clean_plate`` (sent as the image is) or ``clean_plate_path``; not with a
+        prior; protocol 1.2 too.
         Through ``shm`` the alpha is a view of this client's block, not a copy; it stays valid for
         as long as anything refers to it, and its slot is reused only once nothing does (see
         shared_block.py). Keep ``alpha.copy()`` to collect many."""
@@ -184,6 +188,8 @@ class EngineClient:
         if trimap is not None or trimap_path is not None:
             self._require_minor(2, "a trimap")
             header["trimap_dilation"] = int(trimap_dilation)
+        if clean_plate is not None or clean_plate_path is not None:
+            self._require_minor(2, "a clean plate")
         # The lock covers the shared-memory block too: threads must not overwrite each other's frames.
         with self._lock:
             payload: list = []
@@ -203,6 +209,10 @@ class EngineClient:
                 header["trimap"] = {"transport": "file", "path": os.path.abspath(trimap_path)}
             elif trimap is not None:
                 header["trimap"] = self._pixel_block(_guide_array(trimap, "trimap"), transport, payload, "trimap")
+            if clean_plate_path is not None:
+                header["clean_plate"] = {"transport": "file", "path": os.path.abspath(clean_plate_path)}
+            elif clean_plate is not None:
+                header["clean_plate"] = self._pixel_block(np.asarray(clean_plate), transport, payload, "clean_plate")
             lent = []  # the alpha's view of its slot, made while the engine computes: it then costs no time
 
             def lend():

@@ -232,11 +232,12 @@ def describe(error: BaseException, address: str = "") -> str:
 
 
 def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, prior: str | None = None,
-          trimap: str | None = None) -> dict:
+          trimap: str | None = None, clean_plate: str | None = None) -> dict:
     """Matte one rendered frame and write its alpha EXR; returns the engine's stats plus ``seconds``
     and ``engine``. Raises the client's EngineError / EngineUnavailable, MatteError or ExrError.
 
-    ``prior`` and ``trimap``: rendered one-channel ("A") EXRs of the frame's guides, or None.
+    ``prior`` and ``trimap``: rendered one-channel ("A") EXRs of the frame's guides, ``clean_plate`` an
+    RGB one, rendered as ``source`` is; each None when not given.
     Local engine: the engine reads ``source`` (and the guides) itself. Remote engine: the pixels are
     read here (``exr``, numpy only) and sent inline. The alpha comes back as float32 and is written as a
     one-channel ("A") float EXR, zip compressed. The rendered inputs are removed afterwards."""
@@ -250,15 +251,17 @@ def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, 
         client = client_for(settings)
         state = engine_state(client)
         if transport(settings.address) == "file":
-            result, stats = client.matte(stream, frame, path=source, prior_path=prior, trimap_path=trimap, **options)
+            result, stats = client.matte(stream, frame, path=source, prior_path=prior, trimap_path=trimap,
+                                         clean_plate_path=clean_plate, **options)
         else:
-            pixels = exr.read(source, ("R", "G", "B"))[0]
+            pixels, plate = (None if picture is None else exr.read(picture, ("R", "G", "B"))[0]
+                             for picture in (source, clean_plate))
             prior_alpha, trimap_alpha = (None if guide is None else exr.read(guide, ("A",))[0][..., 0]
                                          for guide in (prior, trimap))
             result, stats = client.matte(stream, frame, pixels, transport="inline", prior=prior_alpha,
-                                         trimap=trimap_alpha, **options)
+                                         trimap=trimap_alpha, clean_plate=plate, **options)
     finally:
-        remove_files(source, prior, trimap)
+        remove_files(source, prior, trimap, clean_plate)
     exr.write(alpha, np.asarray(result, dtype=np.float32), ("A",), half=False, compression=exr.ZIP)
     return {**stats, "seconds": time.perf_counter() - started, "engine": state}
 

@@ -214,7 +214,23 @@ def test_no_checkpoint_and_no_prior_fails_before_any_engine_starts(prior_clip, r
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-3000:]
     assert "nothing to matte with: set Checkpoint (the SparseMat network), or PriorFolder" in log, log[-3000:]
+    assert "TrimapFolder (a trimap per frame) or CleanPlateFolder for the weight-free guided refiner" in log
     assert "Chunks run: 0" in log and "engine started at " not in log and not (tmp_path / "out").exists()
+
+
+def test_one_clean_plate_reaches_every_task_without_a_checkpoint(clip, reference, runtime, tmp_path):
+    """A CleanPlateFolder with one file and no Checkpoint: the guided refiner, whose chunked farm
+    run gives the files of one in-process run with the same plate."""
+    write_rgb(tmp_path / "clean.png", np.ascontiguousarray(reference["frames"][1, 80:176, 140:236]))
+    local = {**_env(runtime), "SPARSEMAT_CHECKPOINT": ""}
+    runs = {"whole": _in_process_runs(clip, tmp_path, "--clean-plate", tmp_path / "clean.png")["whole"],
+            "farm": _farm_run(clip, tmp_path / "farm" / "a.%04d.exr", 5, f"CleanPlateFolder={tmp_path}",
+                              "CleanPlateFile=clean.png")}
+    logs = _run_all(runs, local)
+    assert re.search(r"model\s+guided refiner \(no checkpoint\)", logs["farm"]), logs["farm"][-3000:]
+    for frame in FRAMES:
+        farm, whole = (read_alpha(str(tmp_path / name / f"a.{frame:04d}.exr")) for name in ("farm", "whole"))
+        assert np.array_equal(farm, whole), frame
 
 
 def test_trimaps_reach_every_task(clip, seed1_checkpoint, runtime, tmp_path):

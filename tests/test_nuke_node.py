@@ -379,6 +379,23 @@ def test_the_trimap_input_and_its_dilation_reach_the_engine(engine, plate, tmp_p
     assert stats["spatial_pixels"] == widened.sum()
 
 
+def test_the_clean_plate_input_reaches_the_engine(engine, plate, cli_alphas, tmp_path):
+    """A picture on the CleanPlate input (rendered as the Source is: half, raw, linear) replaces the
+    network's prior, as the same file sent by the client does."""
+    new_session(str(tmp_path / "clean.nk"))
+    clean = tmp_path / "clean.0001.exr"
+    write_rgb(clean, plate[1][2])  # another frame of the shot stands in for its clean plate
+    group = sparsemat_on(plate[0], engine)
+    group.setInput(3, nuke.nodes.Read(file=str(tmp_path / "clean.####.exr"), first=1, last=1))
+    sparsemat_work.matte_now(group, 1)
+    made = alpha_files(group, (1,))[1]
+    expected, _ = EngineClient(engine).matte("clean-check", 1, path=plate[0] % 1, colourspace="linear",
+                                             clean_plate_path=str(clean))
+    assert np.array_equal(made, expected) and not np.array_equal(made, cli_alphas[1])
+    inner = {n.name(): n for n in group.nodes()}
+    assert inner["CleanPlateWrite"]["channels"].value() == "rgb" and inner["CleanPlateWrite"]["disable"].value()
+
+
 # ---- errors --------------------------------------------------------------------------------------------------
 
 def test_engine_errors_become_node_errors(engine, plate, tmp_path):

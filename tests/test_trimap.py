@@ -160,7 +160,7 @@ def test_the_engine_refuses_bad_trimaps_with_the_reason(engines, frames):
         with pytest.raises(EngineError, match=r"'trimap_dilation' must be 0 to 256 \[bad_request\]"):
             client.matte("bad-trimap", 1, frame, trimap=np.full((64, 96), 0.5, np.float32), trimap_dilation=257)
     with EngineClient(engines["guided"]) as client:
-        with pytest.raises(EngineError, match=r"send a 'prior' or a 'trimap' \[bad_request\]"):
+        with pytest.raises(EngineError, match=r"send a 'prior', a 'trimap' or a 'clean_plate' \[bad_request\]"):
             client.matte("no-guide", 1, frame)
 
 

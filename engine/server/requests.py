@@ -63,6 +63,7 @@ class MatteRequest:
     prior: PixelSource | None
     trimap: PixelSource | None
     trimap_dilation: int
+    clean_plate: PixelSource | None
     colourspace: str | None
     temporal: bool
     keyframe_interval: int
@@ -99,12 +100,16 @@ def parse_matte(header: dict, frames: list, policy: Policy) -> MatteRequest:
     trimap_dilation = require(header, "trimap_dilation", int, default=0)
     if not 0 <= trimap_dilation <= MAX_TRIMAP_DILATION:
         raise ProtocolError("bad_request", f"'trimap_dilation' must be 0 to {MAX_TRIMAP_DILATION}")
-    prior, trimap = (require(header, name, dict, required=False) for name in ("prior", "trimap"))
+    prior, trimap, clean_plate = (require(header, name, dict, required=False)
+                                  for name in ("prior", "trimap", "clean_plate"))
+    if prior is not None and clean_plate is not None:
+        raise ProtocolError("bad_request", "'prior' and 'clean_plate' both replace the network's prior: send one")
     return MatteRequest(
         stream=stream, frame=frame, image=image,
         prior=None if prior is None else pixel_source(prior, frames, "prior", (1,), policy),
         trimap=None if trimap is None else pixel_source(trimap, frames, "trimap", (1,), policy),
         trimap_dilation=trimap_dilation,
+        clean_plate=None if clean_plate is None else pixel_source(clean_plate, frames, "clean_plate", (1, 3, 4), policy),
         colourspace=colourspace, temporal=temporal, keyframe_interval=keyframe_interval,
         alpha_dtype=alpha_dtype, max_pixels=max_pixels, alpha_shm_offset=alpha_shm_offset)
 

@@ -120,16 +120,18 @@ class Worker:
         return self._matte(request_id, matte, key, stream)
 
     def _matte(self, request_id, request: MatteRequest, key: tuple, stream) -> list:
-        if self.matter.model is None and request.prior is None and request.trimap is None:
-            raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior' "
-                                               "or a 'trimap'")
+        if self.matter.model is None and request.prior is None and request.trimap is None and request.clean_plate is None:
+            raise ProtocolError("bad_request", "this engine has no checkpoint (guided refiner): send a 'prior', "
+                                               "a 'trimap' or a 'clean_plate'")
         start = time.perf_counter()
         # The guides' and the image's pixels may be views of blocks, which stay mapped until
         # Matter has read them: a block is unmapped only as the least recently read of over
-        # ``keep``, and these three are the most recent.
+        # ``keep``, and these four are the most recent.
         prior, trimap = (None if source is None else torch.from_numpy(load_guide(source, self._blocks, self._policy))
                          for source in (request.prior, request.trimap))
         frame_rgb = load_image(request.image, request.colourspace, self._blocks, self._policy)
+        clean_plate = (None if request.clean_plate is None else
+                       torch.from_numpy(load_image(request.clean_plate, request.colourspace, self._blocks, self._policy)))
         shm_alpha = None
         if request.alpha_shm_offset is not None:  # refused before the compute if the block is too small
             shm_alpha = (request.image.shm, request.alpha_shm_offset, request.alpha_dtype)
@@ -138,7 +140,7 @@ class Worker:
         previous = self.streams.previous_state(stream, request.frame, request.temporal, request.keyframe_interval)
         try:
             alpha, state, stats = self.matter.matte(torch.from_numpy(frame_rgb), previous, prior=prior, trimap=trimap,
-                                                    trimap_dilation=request.trimap_dilation,
+                                                    trimap_dilation=request.trimap_dilation, clean_plate=clean_plate,
                                                     max_pixels=request.max_pixels)
         except FrameError as exc:
             raise ProtocolError("bad_pixels", str(exc)) from exc

@@ -56,12 +56,14 @@ class Paths:
     source: str  # the plate, rendered by the internal Write (half, raw)
     prior: str  # the Prior input's alpha, rendered by the second internal Write
     trimap: str  # the Trimap input's alpha, rendered by the third
+    clean_plate: str  # the CleanPlate input's colours, rendered by the fourth
     alpha: str  # the matte, written here, read by the internal Read
 
 
 def paths(script: str, node: str) -> Paths:
     folder = node_folder(script, node)
-    return Paths(*(os.path.join(folder, f"{name}.%V.####.exr") for name in ("source", "prior", "trimap", "alpha")))
+    return Paths(*(os.path.join(folder, f"{name}.%V.####.exr")
+                   for name in ("source", "prior", "trimap", "clean_plate", "alpha")))
 
 
 class Rendered(NamedTuple):
@@ -70,10 +72,15 @@ class Rendered(NamedTuple):
     source: str
     prior: str | None
     trimap: str | None
+    clean_plate: str | None
     alpha: str
 
     def inputs(self) -> tuple:
-        return self.source, self.prior, self.trimap
+        return self.source, self.prior, self.trimap, self.clean_plate
+
+    def guides(self) -> dict:
+        """``host.matte``'s guide arguments."""
+        return {"prior": self.prior, "trimap": self.trimap, "clean_plate": self.clean_plate}
 
 
 

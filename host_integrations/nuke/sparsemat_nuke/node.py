@@ -8,6 +8,7 @@ access in Nuke):
     Source ----------------------------------------------------------> AlphaCopy -> EngineError (Assert) -> Output
     Prior  -> PriorWrite (EXR, alpha, float, raw) -> [engine, as the prior]
     Trimap -> TrimapWrite (EXR, alpha, float, raw) -> [engine, as the trimap]
+    CleanPlate -> CleanPlateWrite (EXR, half, raw) -> [engine, as the clean plate]
 
 Everything here runs in Nuke's main thread and never inside a render callback (Nuke refuses
 node edits there).
@@ -23,9 +24,11 @@ from sparsemat.plugin import host
 from . import __version__, core
 
 MARKER = "sparsemat_version"  # hidden knob that marks a Group as a SparseMat node
-SOURCE_WRITE, PRIOR_WRITE, TRIMAP_WRITE = "SourceWrite", "PriorWrite", "TrimapWrite"
+SOURCE_WRITE, PRIOR_WRITE, TRIMAP_WRITE, CLEAN_PLATE_WRITE = "SourceWrite", "PriorWrite", "TrimapWrite", "CleanPlateWrite"
 ALPHA_READ, COPY, ASSERT = "AlphaRead", "AlphaCopy", "EngineError"
-GUIDES = ((1, "Prior", PRIOR_WRITE), (2, "Trimap", TRIMAP_WRITE))  # (input number, input name, its Write)
+# (input number, input name, its Write, the channels it renders): the optional guides, after Source
+GUIDES = ((1, "Prior", PRIOR_WRITE, "alpha"), (2, "Trimap", TRIMAP_WRITE, "alpha"),
+          (3, "CleanPlate", CLEAN_PLATE_WRITE, "rgb"))
 
 _lock = threading.Lock()
 _failed: dict[str, set] = {}  # node full name -> frames whose matte failed (the Assert fails on them)
@@ -112,12 +115,12 @@ def _build_internals(group) -> None:
         _set(write, file_type="exr", datatype="16 bit half", compression="none", channels="rgb", raw=True,
              disable=True)
         write.setInput(0, source)
-        for number, name, write_name in GUIDES:
+        for number, name, write_name, channels in GUIDES:
             guide = nuke.nodes.Input(name=name)
             _set(guide, number=number)
             guide_write = nuke.nodes.Write(name=write_name)
-            _set(guide_write, file_type="exr", datatype="32 bit float", compression="none", channels="alpha",
-                 raw=True, disable=True)
+            _set(guide_write, file_type="exr", datatype="32 bit float" if channels == "alpha" else "16 bit half",
+                 compression="none", channels=channels, raw=True, disable=True)
             guide_write.setInput(0, guide)
         read = nuke.nodes.Read(name=ALPHA_READ)
         _set(read, raw=True, on_error="black", before="black", after="black")
@@ -177,6 +180,7 @@ def sync(group) -> tuple[core.Settings, core.Paths]:
     group.node(SOURCE_WRITE)["file"].setValue(files.source)
     group.node(PRIOR_WRITE)["file"].setValue(files.prior)
     group.node(TRIMAP_WRITE)["file"].setValue(files.trimap)
+    group.node(CLEAN_PLATE_WRITE)["file"].setValue(files.clean_plate)
     read = group.node(ALPHA_READ)
     first, last = input_range(group)
     if read["file"].value() != files.alpha:

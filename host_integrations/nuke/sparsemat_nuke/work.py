@@ -70,7 +70,7 @@ def render_inputs(name: str, files: core.Paths, frame: int, view: str) -> core.R
     os.makedirs(os.path.dirname(source), exist_ok=True)
     _execute(group.node(SOURCE_WRITE), frame, view)
     guides = []
-    for (number, _, write), pattern in zip(GUIDES, (files.prior, files.trimap)):
+    for (number, _, write, _), pattern in zip(GUIDES, (files.prior, files.trimap, files.clean_plate)):
         if group.input(number) is None:
             guides.append(None)
             continue
@@ -227,8 +227,7 @@ def _matte_view(task, label, name, script, values, files, frames, view, first) -
                 rendered = pending.result()
                 pending = (_in_main_thread(render_inputs, name, files, work[index + 1], view)
                            if index + 1 < len(work) else None)
-                stats = host.matte(values, stream, frame, rendered.source, rendered.alpha, rendered.prior,
-                                   rendered.trimap)
+                stats = host.matte(values, stream, frame, rendered.source, rendered.alpha, **rendered.guides())
             except Exception as exc:
                 tracker.matted(stream, values, None)
                 message = f"{name}, frame {frame}: {host.describe(exc, values.address)}"
@@ -312,8 +311,7 @@ def matte_now(group, frame: int, view: str = "main") -> dict:
     for current in host.with_preroll([frame], values, tracker.last(stream, values), input_range(group)[0]):
         try:
             rendered = render_inputs(name, files, current, view)
-            stats = host.matte(values, stream, current, rendered.source, rendered.alpha, rendered.prior,
-                               rendered.trimap)
+            stats = host.matte(values, stream, current, rendered.source, rendered.alpha, **rendered.guides())
         except Exception as exc:
             tracker.matted(stream, values, None)
             message = f"{name}, frame {current}: {host.describe(exc, values.address)}"
