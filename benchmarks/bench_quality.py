@@ -79,14 +79,19 @@ def main() -> int:
     subprocess.run([sys.executable, os.path.join(REPO, "examples", "make_sample_clip.py"), clip, "--frames",
                     str(args.frames), "--size", args.size], check=True, capture_output=True)
     build_s = time.perf_counter() - start
-    plates, priors, truth = (os.path.join(clip, name) for name in ("plate.%04d.png", "prior.%04d.exr",
-                                                                    "alpha.%04d.exr"))
+    plates, priors, truth, trimaps, clean = (os.path.join(clip, name) for name in (
+        "plate.%04d.png", "prior.%04d.exr", "alpha.%04d.exr", "trimap.%04d.png", "clean.png"))
     rows = [("the prior (1/8 size, flawed), bilinearly upsampled", upsampled_prior(clip, args.frames), None)]
     for label, out, options in (
-            ("`sparsemat matte --prior` (guided refiner, temporal reuse on)", "guided", ()),
-            ("`sparsemat matte --prior --no-temporal` (guided refiner)", "guided-no-temporal", ("--no-temporal",))):
+            ("`sparsemat matte --prior` (guided refiner, temporal reuse on)", "guided", ("--prior", priors)),
+            ("`sparsemat matte --prior --no-temporal` (guided refiner)", "guided-no-temporal",
+             ("--prior", priors, "--no-temporal")),
+            ("`sparsemat matte --trimap` (guided refiner from the trimap alone)", "trimap", ("--trimap", trimaps)),
+            ("`sparsemat matte --prior --trimap` (guided refiner)", "prior-trimap",
+             ("--prior", priors, "--trimap", trimaps)),
+            ("`sparsemat matte --clean-plate` (guided refiner)", "clean-plate", ("--clean-plate", clean))):
         pattern = os.path.join(folder, out, "a.%04d.exr")
-        seconds, summary = timed("matte", plates, pattern, "--prior", priors, "--quiet", *options)
+        seconds, summary = timed("matte", plates, pattern, "--quiet", *options)
         active = summary.split("mean active fraction ")[1].split("\n")[0]
         rows.append((label, pattern, (seconds / args.frames, active)))
 

@@ -8,7 +8,13 @@ writes, for frames 1..N:
   float scene-linear Rec.709, which ``read_rgb`` encodes with the sRGB curve on reading);
 - ``OUT_DIR/alpha.%04d.exr``: the exact alpha the plate was composited with (float, channel "A");
 - ``OUT_DIR/prior.%04d.exr``: a coarse prior at 1/8 size (the engine upsamples priors): the
-  alpha area-downsampled, blurred, with the errors a real segmenter makes (see ``make_prior``).
+  alpha area-downsampled, blurred, with the errors a real segmenter makes (see ``make_prior``);
+- ``OUT_DIR/trimap.%04d.png``: an 8-bit trimap made from the exact alpha as matting benchmarks
+  make theirs (Composition-1k's are the ground truth's unknown pixels dilated): 128 within
+  ``TRIMAP_RADIUS`` px (at 1080p, scaled with the height) of a pixel strictly between 0 and 1,
+  else 0 or 255;
+- ``OUT_DIR/clean.png`` (``clean.exr`` with ``--plate exr``): the static background alone, the
+  shot's clean plate.
 
 The scene: a head-and-shoulders subject swaying in front of a static textured background
 (gradients, multi-scale colour noise, soft stripes in hair and skin tones, bokeh discs and a
@@ -40,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 PRIOR_SCALE = 8
+TRIMAP_RADIUS = 10  # px at 1080p: a trimap drawn loosely around the edge
 DEFAULT_FRAMES = 24
 
 
@@ -415,6 +422,16 @@ def make_frame(index: int, size: tuple[int, int] = (1920, 1080), seed: int = 0,
     return srgb_encode(plate), alpha, prior
 
 
+def make_trimap(alpha: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 trimap from an exact alpha: 128 within ``TRIMAP_RADIUS`` (scaled with the
+    height) of an unknown pixel (one whose 8-bit value is neither 0 nor 255), else 0 or 255."""
+    radius = max(1, round(TRIMAP_RADIUS * alpha.shape[0] / 1080))
+    level = np.round(alpha * 255.0)
+    unknown = torch.from_numpy(((level > 0) & (level < 255)).astype(np.float32))[None, None]
+    unknown = F.max_pool2d(unknown, 2 * radius + 1, stride=1, padding=radius)[0, 0].numpy() > 0
+    return np.where(unknown, 128, np.where(level >= 255, 255, 0)).astype(np.uint8)
+
+
 def make_clip(frames: int = 6, size: tuple[int, int] = (640, 360), seed: int = 0):
     """Lists (plates sRGB, alphas, priors) of frames 1..``frames``."""
     out = [make_frame(i, size, seed, frames) for i in range(1, frames + 1)]
@@ -430,7 +447,7 @@ def _write_rgb(path: str, pixels: np.ndarray) -> None:
     out = oiio.ImageOutput.create(path)
     if out is None:
         raise OSError(f"cannot write '{path}': {oiio.geterror()}")
-    spec = oiio.ImageSpec(pixels.shape[1], pixels.shape[0], 3, kind)
+    spec = oiio.ImageSpec(pixels.shape[1], pixels.shape[0], pixels.shape[2], kind)
     if kind == oiio.FLOAT:
         spec.attribute("compression", "zip")
     else:
@@ -453,7 +470,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="folder for plate.%%04d.png, alpha.%%04d.exr and prior.%%04d.exr")
+    parser.add_argument("out_dir", help="folder for plate.%%04d.png, alpha.%%04d.exr, prior.%%04d.exr, "
+                                        "trimap.%%04d.png and clean.png")
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
                         help=f"frames 1..N (default {DEFAULT_FRAMES}); the motion loops over them")
     parser.add_argument("--size", type=_parse_size, default=(1920, 1080), help="WIDTHxHEIGHT (default 1920x1080)")
@@ -466,17 +484,19 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from sparsemat.engine.imageio import write_alpha
 
+    def write_plate(name: str, linear: np.ndarray) -> None:
+        path = os.path.join(args.out_dir, f"{name}.{args.plate}")
+        _write_rgb(path, np.round(srgb_encode(linear) * 255.0).astype(np.uint8) if args.plate == "png" else linear)
+
     os.makedirs(args.out_dir, exist_ok=True)
     start = time.perf_counter()
+    write_plate("clean", np.asarray(background(args.size[1], args.size[0], args.seed)))
     for index in range(1, args.frames + 1):
         plate, alpha, prior = make_frame_linear(index, args.size, args.seed, args.frames)
-        name = os.path.join(args.out_dir, f"plate.{index:04d}.{args.plate}")
-        if args.plate == "png":
-            _write_rgb(name, np.round(srgb_encode(plate) * 255.0).astype(np.uint8))
-        else:
-            _write_rgb(name, plate)
+        write_plate(f"plate.{index:04d}", plate)
         write_alpha(os.path.join(args.out_dir, f"alpha.{index:04d}.exr"), alpha)
         write_alpha(os.path.join(args.out_dir, f"prior.{index:04d}.exr"), prior)
+        _write_rgb(os.path.join(args.out_dir, f"trimap.{index:04d}.png"), make_trimap(alpha)[..., None])
     elapsed = time.perf_counter() - start
     print(f"{args.frames} frames of {args.size[0]}x{args.size[1]} in {args.out_dir} ({elapsed:.1f} s)")
     return 0
