@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="coarse alpha per frame (any resolution: a roto, a keyer's matte) used instead of the "
                             "network's prior alpha; without --checkpoint, the weight-free guided refiner refines it")
     _add_guide_arguments(matte)
+    matte.add_argument("--foreground", metavar="OUTPUT_PATTERN",
+                       help="also write each frame's foreground, unmixed from the background where the matte is "
+                            "partial, as premultiplied RGBA EXR (alpha in A) in the plate's colours (sRGB files "
+                            "decoded to linear): ready to merge over a new background. In this process only "
+                            "(not with --engine)")
     matte.add_argument("--backend", default="torch", choices=("torch", "spconv"), help="sparse convolution backend")
     matte.add_argument("--engine", metavar="ADDRESS",
                        help="send frames to a running engine (ipc://... or tcp://...) instead of loading the model here")
@@ -244,6 +249,14 @@ def _plan_job(args):
         check_same_kind(source, "INPUT", target, "OUTPUT")
         if os.path.splitext(args.output)[1].lower() not in SUPPORTED_OUTPUTS:
             raise UsageError(f"OUTPUT must end in one of {', '.join(SUPPORTED_OUTPUTS)}: {args.output}")
+        foreground = parse_pattern(args.foreground) if args.foreground else None
+        if foreground is not None:
+            check_same_kind(source, "INPUT", foreground, "--foreground")
+            if os.path.splitext(args.foreground)[1].lower() != ".exr":
+                raise UsageError(f"--foreground must end in .exr (premultiplied RGBA): {args.foreground}")
+            if args.engine:
+                raise UsageError("--foreground is computed in this process: leave out --engine (an engine does not "
+                                 "send foregrounds back yet)")
         frames = select_frames(source, args.frames)
     except SequenceError as exc:
         raise UsageError(str(exc)) from exc
@@ -251,13 +264,19 @@ def _plan_job(args):
         raise UsageError(f"input not found: {args.input}")
     check_guides(frames, prior=prior, trimap=trimap, clean_plate=clean_plate)
     check_clean_plate_size(clean_plate, source, frames)
-    refuse_overwriting((target.path(frame) for frame in frames),
-                       [patterns.path(frame) for patterns in (source, prior, trimap, clean_plate) if patterns is not None
-                        for frame in frames])
+    reads = [patterns.path(frame) for patterns in (source, prior, trimap, clean_plate) if patterns is not None
+             for frame in frames]
+    refuse_overwriting((target.path(frame) for frame in frames), reads)
+    if foreground is not None:
+        refuse_overwriting((foreground.path(frame) for frame in frames), reads, "--foreground")
+    if foreground is not None and any(os.path.realpath(foreground.path(frame)) == os.path.realpath(target.path(frame))
+                                      for frame in frames):
+        raise UsageError("--foreground and OUTPUT name the same files: write them apart")
     temporal = source.is_sequence if args.temporal is None else args.temporal
     return MatteJob(source, target, frames, temporal=temporal, skip_existing=args.skip_existing,
                     colourspace=args.colourspace, half=args.half, prior=prior, trimap=trimap,
-                    trimap_dilation=args.trimap_dilation, clean_plate=clean_plate, keyframe_interval=args.keyframe_interval)
+                    trimap_dilation=args.trimap_dilation, clean_plate=clean_plate, foreground=foreground,
+                    keyframe_interval=args.keyframe_interval)
 
 
 def run_matte(args) -> int:

@@ -61,11 +61,29 @@ def read_rgb(path: str, colourspace: str | None = None) -> np.ndarray:
     curve) or any colourspace of the OCIO config ($OCIO, else the built-in one). By default EXR and HDR files are "linear"
     and everything else "srgb". Gray images are replicated to three channels; alpha is ignored.
     """
-    if colourspace is None:
-        colourspace = "linear" if os.path.splitext(path)[1].lower() in LINEAR_EXTENSIONS else "srgb"
     # Resolved before reading, so a bad name fails at once rather than after a slow read.
-    encode = _display_encoder(colourspace)
+    encode = _display_encoder(_colourspace_of(path, colourspace))
     return _to_display_rgb(path, _read_channels(path, _colour_channels), encode)
+
+
+def read_plate(path: str, colourspace: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``read_rgb``'s pixels, and the file's own colours (H, W, 3) float32 for unmixing the
+    foreground, in one read: an sRGB file's decoded to linear light, any other colourspace's as
+    stored (an EXR's scene-linear values, highlights over 1 included)."""
+    colourspace = _colourspace_of(path, colourspace)
+    encode = _display_encoder(colourspace)
+    raw = _read_channels(path, _colour_channels)
+    if raw.shape[2] == 1:
+        raw = np.repeat(raw, 3, axis=2)
+    check_finite(path, raw)
+    own = srgb_decode(np.clip(raw, 0.0, 1.0)) if colourspace.lower() == "srgb" else raw.copy()
+    return _to_display_rgb(path, raw, encode), np.ascontiguousarray(own, dtype=np.float32)
+
+
+def _colourspace_of(path: str, colourspace: str | None) -> str:
+    if colourspace is None:
+        return "linear" if os.path.splitext(path)[1].lower() in LINEAR_EXTENSIONS else "srgb"
+    return colourspace
 
 
 def display_rgb(pixels: np.ndarray, colourspace: str = "srgb") -> np.ndarray:
@@ -132,6 +150,19 @@ def write_alpha(path: str, alpha: np.ndarray, half: bool = False) -> None:
     if not np.isfinite(alpha).all():
         raise ValueError(f"cannot write '{path}': alpha contains NaN or infinite values")
     _write_atomically(path, *_alpha_image(alpha, extension.lower(), half))
+
+
+def write_rgba(path: str, pixels: np.ndarray, half: bool = False) -> None:
+    """Write (H, W, 4) float pixels (a premultiplied foreground) as an EXR with channels R, G, B, A,
+    zip compressed (half floats when ``half``), atomically."""
+    if os.path.splitext(path)[1].lower() != ".exr":
+        raise ValueError(f"cannot write '{path}': a foreground is written as EXR")
+    height, width, channels = pixels.shape
+    spec = oiio.ImageSpec(width, height, channels, oiio.HALF if half else oiio.FLOAT)
+    spec.attribute("compression", "zip")
+    spec.channelnames = ("R", "G", "B", "A")
+    spec.alpha_channel = 3
+    _write_atomically(path, spec, np.ascontiguousarray(pixels, dtype=np.float32))
 
 
 def write_rgb8(path: str, pixels: np.ndarray) -> None:
@@ -232,7 +263,7 @@ def _display_encoder(colourspace: str) -> Callable[[np.ndarray], np.ndarray]:
     if key == "srgb":
         return lambda pixels: np.clip(pixels, 0.0, 1.0, out=pixels)
     if key == "linear":
-        return lambda pixels: _srgb_encode(np.clip(pixels, 0.0, 1.0, out=pixels))
+        return lambda pixels: srgb_encode(np.clip(pixels, 0.0, 1.0, out=pixels))
     processor = _ocio_processor(os.environ.get("OCIO") or BUILTIN_OCIO_CONFIG, colourspace)
 
     def encode(pixels: np.ndarray) -> np.ndarray:
@@ -243,7 +274,12 @@ def _display_encoder(colourspace: str) -> Callable[[np.ndarray], np.ndarray]:
     return encode
 
 
-def _srgb_encode(linear: np.ndarray) -> np.ndarray:
+def srgb_decode(encoded: np.ndarray) -> np.ndarray:
+    """The inverse of the sRGB transfer function, for values in [0, 1]."""
+    return np.where(encoded <= 0.04045, encoded / 12.92, np.power((encoded + 0.055) / 1.055, 2.4))
+
+
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
     """The piecewise sRGB transfer function, for linear values in [0, 1]."""
     power = np.power(linear, 1 / 2.4)
     # 1.055 p - 0.055 rearranged: in float32 the textbook form maps 1.0 to 0.99999994, not white.

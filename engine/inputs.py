@@ -66,14 +66,14 @@ def check_clean_plate_size(plate: Pattern | None, source: Pattern, frames: list)
                          f"({source.path(frames[0])}): a clean plate must be the frames' size")
 
 
-def refuse_overwriting(writes, reads) -> None:
+def refuse_overwriting(writes, reads, what: str = "OUTPUT") -> None:
     """UsageError when a file to write is a file to read, however either is spelled (%04d or ####,
     relative or absolute, through symbolic or hard links): a run would replace the plates it mattes."""
     inputs = {key: path for path in reads for key in _file_keys(path)}
     for path in writes:
         for key in _file_keys(path):
             if key in inputs:
-                raise UsageError(f"OUTPUT would overwrite the input file {inputs[key]}: write the output elsewhere")
+                raise UsageError(f"{what} would overwrite the input file {inputs[key]}: write the output elsewhere")
 
 
 def _file_keys(path: str) -> list:

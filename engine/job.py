@@ -29,7 +29,7 @@ import numpy as np
 
 from sparsemat.plugin.frames import continues, with_preroll
 
-from .imageio import ImageReadError, ImageWriteError, read_alpha, read_rgb, write_alpha
+from .imageio import ImageReadError, ImageWriteError, read_alpha, read_plate, read_rgb, write_alpha, write_rgba
 from .sequence import Pattern
 from .validation import FrameError
 
@@ -40,11 +40,12 @@ class JobError(RuntimeError):
 
 class FrameMatter(Protocol):
     def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None,
-                 trimap: np.ndarray | None = None, trimap_dilation: int = 0, clean_plate: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, object]:
+                 trimap: np.ndarray | None = None, trimap_dilation: int = 0, clean_plate: np.ndarray | None = None,
+                 plate_colours: np.ndarray | None = None) -> tuple[np.ndarray, object]:
         """Alpha (H, W) float32 and the frame's stats (with ``active_fraction``, ``note`` and
-        ``continued``: whether the frame was given its stream's previous state); FrameError for
-        pixels the model cannot take."""
+        ``continued``: whether the frame was given its stream's previous state; with
+        ``plate_colours``, the plate's own colours, ``foreground``: (H, W, 4) premultiplied RGBA);
+        FrameError for pixels the model cannot take."""
 
 
 @dataclass
@@ -60,6 +61,7 @@ class MatteJob:
     trimap: Pattern | None = None
     trimap_dilation: int = 0  # pixels the trimap's unknown region grows by on each side
     clean_plate: Pattern | None = None  # one picture for every frame, or a sequence
+    foreground: Pattern | None = None  # where the premultiplied foregrounds go (EXR), when asked for
     keyframe_interval: int = 0  # > 0: frames that are multiples of it start the temporal stream
 
 
@@ -156,7 +158,11 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
                 if stats.note:
                     say(f"{_frame_label(frame)}: {stats.note}")
                 if write:
-                    _write(job, frame, alpha)
+                    _write(job.output.path(frame), _frame_label(frame),
+                           lambda path: write_alpha(path, alpha, half=job.half))
+                    if job.foreground is not None:
+                        _write(job.foreground.path(frame), f"the foreground of {_frame_label(frame)}",
+                               lambda path: write_rgba(path, stats.foreground, half=job.half))
                     summary.written += 1
                     summary.active_fractions.append(stats.active_fraction)
                     elapsed = time.perf_counter() - start
@@ -175,10 +181,10 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
 def _matte_frame(job: MatteJob, matte: FrameMatter, frame, read: tuple, new_stream: bool):
     """(alpha, stats) of a frame read as ``read``, or a FrameError naming the file whose pixels the
     model cannot take."""
-    pixels, prior, trimap, clean_plate = read
+    pixels, prior, trimap, clean_plate, colours = read
     try:
         return matte(pixels, frame, new_stream=new_stream, prior=prior, trimap=trimap,
-                     trimap_dilation=job.trimap_dilation, clean_plate=clean_plate)
+                     trimap_dilation=job.trimap_dilation, clean_plate=clean_plate, plate_colours=colours)
     except FrameError as exc:
         return FrameError(f"cannot matte '{job.input.path(frame)}': {exc}")
 
@@ -208,10 +214,9 @@ def _lost_again(frame: int) -> FrameError:
                       f"restarted); see its log")
 
 
-def _write(job: MatteJob, frame, alpha: np.ndarray) -> None:
-    """Write one matte, creating the output folder first, so a run that writes nothing leaves none
-    behind; JobError when either fails."""
-    path = job.output.path(frame)
+def _write(path: str, what: str, write: Callable[[str], None]) -> None:
+    """``write(path)``, creating its folder first, so a run that writes nothing leaves none behind;
+    JobError naming ``what`` when either fails."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -221,9 +226,9 @@ def _write(job: MatteJob, frame, alpha: np.ndarray) -> None:
     except OSError as exc:
         raise JobError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
     try:
-        write_alpha(path, alpha, half=job.half)
+        write(path)
     except (ImageWriteError, OSError, ValueError) as exc:
-        raise JobError(f"cannot write {_frame_label(frame)}: {exc}") from exc
+        raise JobError(f"cannot write {what}: {exc}") from exc
 
 
 def _parents(folder: str) -> list[str]:
@@ -236,15 +241,19 @@ def _parents(folder: str) -> list[str]:
 
 
 def _read(job: MatteJob, frame):
-    """(pixels, prior, trimap, clean plate) of one frame, or the exception that stopped the read."""
+    """(pixels, prior, trimap, clean plate, the plate's own colours when a foreground is written) of
+    one frame, or the exception that stopped the read."""
     try:
-        pixels = read_rgb(job.input.path(frame), job.colourspace)
+        if job.foreground is None:
+            pixels, colours = read_rgb(job.input.path(frame), job.colourspace), None
+        else:
+            pixels, colours = read_plate(job.input.path(frame), job.colourspace)
         prior, trimap = (None if guide is None else read_alpha(guide.path(frame)) for guide in (job.prior, job.trimap))
         plate = None
         if job.clean_plate is not None:
             path = job.clean_plate.path(frame)
             plate = _read_plate(path, job.colourspace, os.stat(path).st_mtime_ns)
-        return pixels, prior, trimap, plate
+        return pixels, prior, trimap, plate, colours
     except (ImageReadError, OSError, ValueError) as exc:
         return exc
 

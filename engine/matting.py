@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .clean_plate import clean_plate_prior
+from .foreground import premultiplied_foreground
 from .guided import refine_band
 from .model import SparseMat
 from .model.backends import make_plan
@@ -67,6 +68,7 @@ class FrameStats:
     note: str = ""  # why temporal state was dropped, when it was
     ms: dict = field(default_factory=dict)  # per stage: prior, masks, refine, compose
     masks: Masks | None = field(default=None, repr=False)  # full-resolution masks, for previews
+    foreground: object = field(default=None, repr=False)  # (H, W, 4) premultiplied RGBA, when asked for
 
     @property
     def active_fraction(self) -> float:
@@ -345,9 +347,12 @@ class InProcessMatter:
         self.state: MatteState | None = None
 
     def __call__(self, frame_rgb, frame: int | None, new_stream: bool, prior=None, trimap=None, trimap_dilation=0,
-                 clean_plate=None):
+                 clean_plate=None, plate_colours=None):
         image = torch.from_numpy(frame_rgb)
         coarse, known, plate = (None if a is None else torch.from_numpy(a) for a in (prior, trimap, clean_plate))
         alpha, self.state, stats = self.matter.matte(image, None if new_stream else self.state, prior=coarse,
                                                      trimap=known, trimap_dilation=trimap_dilation, clean_plate=plate)
+        if plate_colours is not None:  # the foreground for the job to write, computed where the alpha is
+            colours = torch.from_numpy(plate_colours).to(alpha.device)
+            stats.foreground = premultiplied_foreground(colours, alpha).cpu().numpy()
         return alpha.cpu().numpy(), stats

@@ -1,7 +1,7 @@
 """``sparsemat preview``: a PNG contact sheet of one frame, for people who would rather look.
 
-Four labelled tiles in a 2 x 2 grid: the plate; the alpha; the plate composited over a
-checkerboard with the alpha; the plate dimmed, with the refined pixels in red and, when
+Four labelled tiles in a 2 x 2 grid: the plate; the alpha; the foreground (unmixed from the
+background where the alpha is partial, ``foreground.py``) over a checkerboard; the plate dimmed, with the refined pixels in red and, when
 a previous frame exists, the changed (temporal) pixels in blue. A legend line at the
 bottom says what the colours mean and what was refined. ``--crop X,Y,W,H`` shows one
 region of the frame instead, magnified with square pixels when it is smaller than a
@@ -47,17 +47,19 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[0].numpy() if image.ndim == 2 else out.permute(1, 2, 0).numpy()
 
 
-def contact_sheet(plate: np.ndarray, alpha: np.ndarray, band: np.ndarray, changed: np.ndarray | None,
-                  tile_width: int = 960, crop: tuple[int, int, int, int] | None = None, legend: str = "",
-                  title: str = "plate") -> np.ndarray:
-    """uint8 (H', 2 w, 3) sheet from sRGB ``plate`` (H, W, 3) in [0, 1], ``alpha`` (H, W) and boolean
-    masks (H, W), of the ``crop`` (x, y, w, h) region when given, each tile captioned."""
+def contact_sheet(plate: np.ndarray, foreground: np.ndarray, alpha: np.ndarray, band: np.ndarray,
+                  changed: np.ndarray | None, tile_width: int = 960, crop: tuple[int, int, int, int] | None = None,
+                  legend: str = "", title: str = "plate") -> np.ndarray:
+    """uint8 (H', 2 w, 3) sheet from sRGB ``plate`` and ``foreground`` (H, W, 3) in [0, 1], ``alpha``
+    (H, W) and boolean masks (H, W), of the ``crop`` (x, y, w, h) region when given, each tile
+    captioned."""
     from .imageio import draw_text
 
     if crop is not None:
         x, y, width, height = crop
-        plate, alpha, band = plate[y:y + height, x:x + width], alpha[y:y + height, x:x + width], band[y:y + height, x:x + width]
-        changed = None if changed is None else changed[y:y + height, x:x + width]
+        window = (slice(y, y + height), slice(x, x + width))
+        plate, foreground, alpha, band = plate[window], foreground[window], alpha[window], band[window]
+        changed = None if changed is None else changed[window]
     height = max(1, round(plate.shape[0] * tile_width / plate.shape[1]))
     small = _resize(plate, height, tile_width)
     matte = _resize(alpha, height, tile_width)[..., None]
@@ -68,7 +70,7 @@ def contact_sheet(plate: np.ndarray, alpha: np.ndarray, band: np.ndarray, change
     if changed is not None:
         overlay[..., 2] += 0.6 * _resize(changed.astype(np.float32), height, tile_width)
     tiles = [(small, title), (np.repeat(matte, 3, axis=2), "alpha"),
-             (matte * small + (1 - matte) * checker, "over a checkerboard"),
+             (matte * _resize(foreground, height, tile_width) + (1 - matte) * checker, "foreground over a checkerboard"),
              (overlay, "refined (red)" + (", changed since the previous frame (blue)" if changed is not None else ""))]
     captioned = []
     for pixels, caption in tiles:
@@ -83,7 +85,8 @@ def run_preview(args) -> int:
     """Matte the frame (after its predecessor, when there is one, for the temporal mask) and draw it."""
     import torch
 
-    from .imageio import ImageReadError, read_alpha, read_rgb, write_rgb8
+    from .foreground import foreground_colours
+    from .imageio import ImageReadError, read_alpha, read_rgb, srgb_decode, srgb_encode, write_rgb8
     from .loading import ModelLoadError, load_matter
     from .sequence import SequenceError, select_frames
     from .validation import FrameError
@@ -140,7 +143,10 @@ def run_preview(args) -> int:
               + ("; blue: changed since the previous frame" if changed is not None else f"; {no_changed}")
               + ("" if args.crop is None else f"; crop {args.crop[2]}x{args.crop[3]} at {args.crop[0]},{args.crop[1]}"))
     title = "plate" + ("" if frame is None else f" (frame {frame})")
-    sheet = contact_sheet(np.clip(pixels.numpy(), 0.0, 1.0), alpha.cpu().numpy(),
+    shown = np.clip(pixels.numpy(), 0.0, 1.0)
+    colours = foreground_colours(torch.from_numpy(srgb_decode(shown)), alpha.cpu())
+    foreground = np.clip(srgb_encode(np.clip(colours.numpy(), 0.0, 1.0)), 0.0, 1.0)
+    sheet = contact_sheet(shown, foreground, alpha.cpu().numpy(),
                           stats.masks.refine[0, 0].cpu().numpy() > 0, changed, tile_width=args.width, crop=args.crop,
                           legend=legend, title=title)
     try:
