@@ -100,8 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     matte.add_argument("--foreground", metavar="OUTPUT_PATTERN",
                        help="also write each frame's foreground, unmixed from the background where the matte is "
                             "partial, as premultiplied RGBA EXR (alpha in A) in the plate's colours (sRGB files "
-                            "decoded to linear): ready to merge over a new background. In this process only "
-                            "(not with --engine)")
+                            "decoded to linear): ready to merge over a new background")
     matte.add_argument("--backend", default="torch", choices=("torch", "spconv"), help="sparse convolution backend")
     matte.add_argument("--engine", metavar="ADDRESS",
                        help="send frames to a running engine (ipc://... or tcp://...) instead of loading the model here")
@@ -254,9 +253,6 @@ def _plan_job(args):
             check_same_kind(source, "INPUT", foreground, "--foreground")
             if os.path.splitext(args.foreground)[1].lower() != ".exr":
                 raise UsageError(f"--foreground must end in .exr (premultiplied RGBA): {args.foreground}")
-            if args.engine:
-                raise UsageError("--foreground is computed in this process: leave out --engine (an engine does not "
-                                 "send foregrounds back yet)")
         frames = select_frames(source, args.frames)
     except SequenceError as exc:
         raise UsageError(str(exc)) from exc

@@ -28,11 +28,13 @@ class EngineMatter:
         self.transport = "shm" if client.address.startswith("ipc://") else "inline"
 
     def __call__(self, frame_rgb: np.ndarray, frame: int | None, new_stream: bool, prior: np.ndarray | None = None,
-                 trimap: np.ndarray | None = None, trimap_dilation: int = 0, clean_plate: np.ndarray | None = None):
+                 trimap: np.ndarray | None = None, trimap_dilation: int = 0, clean_plate: np.ndarray | None = None,
+                 plate_colours: np.ndarray | None = None):
         try:
             alpha, stats = self.client.matte(self.stream, 0 if frame is None else frame, frame_rgb,
                                              transport=self.transport, colourspace="srgb", prior=prior,
                                              trimap=trimap, trimap_dilation=trimap_dilation, clean_plate=clean_plate,
+                                             foreground=plate_colours is not None, foreground_colours=plate_colours,
                                              temporal=not new_stream, max_pixels=self.max_pixels)
         except EngineError as exc:
             if exc.code != "bad_pixels":  # the engine's FrameError: the frame fails alone, as in process

@@ -156,7 +156,7 @@ class EngineClient:
               transport: str = "inline", colourspace: str | None = None, prior: np.ndarray | None = None,
               prior_path: str | None = None, trimap: np.ndarray | None = None, trimap_path: str | None = None,
               trimap_dilation: int = 0, clean_plate: np.ndarray | None = None, clean_plate_path: str | None = None,
-              temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
+              foreground: bool = False, foreground_colours: np.ndarray | None = None, temporal: bool = True, keyframe_interval: int = 0, alpha_dtype: str = "float32",
               max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
         """Alpha (H, W; copy it to change it) and the frame's stats. ``image``: (H, W, C) uint8/uint16/float16/float32 with
         C in 1, 3, 4, sent ``inline`` or through ``shm`` (shared memory, for an engine on this Linux
@@ -172,6 +172,10 @@ class EngineClient:
         The optional clean plate (the shot without the subject, the image's size, dtype and
         colourspace): ``clean_plate`` (sent as the image is) or ``clean_plate_path``; not with a
         prior; protocol 1.2 too.
+        ``foreground``: also return the premultiplied foreground, (H, W, 4) float32 RGBA, as
+        ``stats["foreground"]``; unmixed from the image's own colours (sRGB decoded, others as
+        sent, or a file's as ``sparsemat matte`` reads it), or from ``foreground_colours`` (H, W, 3)
+        float32 when given. Protocol 1.2.
         Through ``shm`` the alpha is a view of this client's block, not a copy; it stays valid for
         as long as anything refers to it, and its slot is reused only once nothing does (see
         shared_block.py). Keep ``alpha.copy()`` to collect many."""
@@ -190,6 +194,9 @@ class EngineClient:
             header["trimap_dilation"] = int(trimap_dilation)
         if clean_plate is not None or clean_plate_path is not None:
             self._require_minor(2, "a clean plate")
+        if foreground:
+            self._require_minor(2, "a foreground")
+            header["foreground"] = True
         # The lock covers the shared-memory block too: threads must not overwrite each other's frames.
         with self._lock:
             payload: list = []
@@ -213,6 +220,9 @@ class EngineClient:
                 header["clean_plate"] = {"transport": "file", "path": os.path.abspath(clean_plate_path)}
             elif clean_plate is not None:
                 header["clean_plate"] = self._pixel_block(np.asarray(clean_plate), transport, payload, "clean_plate")
+            if foreground and foreground_colours is not None:
+                header["foreground_colours"] = self._pixel_block(np.asarray(foreground_colours, np.float32), transport,
+                                                                 payload, "foreground_colours")
             lent = []  # the alpha's view of its slot, made while the engine computes: it then costs no time
 
             def lend():
@@ -223,7 +233,11 @@ class EngineClient:
                 alpha = lent[0]
             else:
                 alpha = np.frombuffer(frames[0], dtype=protocol.DTYPES[reply["dtype"]]).reshape(reply["shape"])
-        return alpha, reply["stats"]
+            stats = reply["stats"]
+            if "foreground" in reply:  # its payload frame, counted as the request's are (the header is 0)
+                block = reply["foreground"]
+                stats["foreground"] = np.frombuffer(frames[block["frame"] - 1], dtype=np.float32).reshape(block["shape"])
+        return alpha, stats
 
     def _require_minor(self, minor: int, what: str) -> None:
         """EngineError unless the engine speaks 1.``minor`` or later: an older one ignores fields

@@ -220,16 +220,22 @@ def test_no_checkpoint_and_no_prior_fails_before_any_engine_starts(prior_clip, r
 
 def test_one_clean_plate_reaches_every_task_without_a_checkpoint(clip, reference, runtime, tmp_path):
     """A CleanPlateFolder with one file and no Checkpoint: the guided refiner, whose chunked farm
-    run gives the files of one in-process run with the same plate."""
+    run gives the files of one in-process run with the same plate, foregrounds included."""
     write_rgb(tmp_path / "clean.png", np.ascontiguousarray(reference["frames"][1, 80:176, 140:236]))
     local = {**_env(runtime), "SPARSEMAT_CHECKPOINT": ""}
-    runs = {"whole": _in_process_runs(clip, tmp_path, "--clean-plate", tmp_path / "clean.png")["whole"],
+    whole, farm = (("--foreground", tmp_path / "whole" / "f.%04d.exr"),
+                   (f"ForegroundFolder={tmp_path / 'farm'}", "ForegroundFile=f.%04d.exr"))
+    runs = {"whole": _in_process_runs(clip, tmp_path, "--clean-plate", tmp_path / "clean.png", *whole)["whole"],
             "farm": _farm_run(clip, tmp_path / "farm" / "a.%04d.exr", 5, f"CleanPlateFolder={tmp_path}",
-                              "CleanPlateFile=clean.png")}
+                              "CleanPlateFile=clean.png", *farm)}
     logs = _run_all(runs, local)
     assert re.search(r"model\s+guided refiner \(no checkpoint\)", logs["farm"]), logs["farm"][-3000:]
+    from sparsemat.plugin import exr
+
     for frame in FRAMES:
         farm, whole = (read_alpha(str(tmp_path / name / f"a.{frame:04d}.exr")) for name in ("farm", "whole"))
+        assert np.array_equal(farm, whole), frame
+        farm, whole = (exr.read(str(tmp_path / name / f"f.{frame:04d}.exr"))[0] for name in ("farm", "whole"))
         assert np.array_equal(farm, whole), frame
 
 

@@ -79,7 +79,6 @@ def test_matte_writes_premultiplied_foregrounds_the_compositor_can_merge(tmp_pat
     (("--foreground", "{tmp}/p.%04d.exr"), r"--foreground would overwrite the input file .*p\.0001\.exr"),
     (("--foreground", "{tmp}/a.%04d.exr"), "--foreground and OUTPUT name the same files"),
     (("--foreground", "{tmp}/fg.exr"), "INPUT and --foreground must both be sequence patterns"),
-    (("--foreground", "{tmp}/fg.%04d.exr", "--engine", "ipc:///nowhere"), "--foreground is computed in this process"),
 ])
 def test_the_command_line_refuses_foregrounds_it_cannot_write(tmp_path, options, message):
     plate, alpha, _ = make_frame_linear(1, SIZE)
@@ -123,3 +122,20 @@ def test_the_preview_shows_the_foreground_without_the_old_backgrounds_fringe(tmp
     edge = (matte[..., 0] > 0.2) & (matte[..., 0] < 0.8)
     excess = [(image[..., 1] - image[..., 0])[edge].mean() for image in (shown, baseline)]
     assert edge.sum() > 500 and excess[0] < excess[1] - 0.05, excess
+
+
+def test_through_the_engine_the_foregrounds_are_the_in_process_ones(engine, seed1_checkpoint, tmp_path):
+    """An EXR plate two stops over (values up to about 4): through a real engine (shared memory),
+    the foreground files equal an in-process run's, the values over 1 kept."""
+    from conftest import write_rgb
+    from sparsemat.plugin import exr
+
+    plate, _, _ = make_frame_linear(5, SIZE)
+    write_rgb(tmp_path / "p.0001.exr", plate * 4)
+    for name, options in (("local", ("--checkpoint", seed1_checkpoint)), ("engine", ("--engine", engine))):
+        result = run_cli("matte", tmp_path / "p.%04d.exr", tmp_path / name / "a.%04d.exr", "--foreground",
+                         tmp_path / name / "f.%04d.exr", "--quiet", *options)
+        assert result.returncode == 0, result.stderr
+    local, remote = (exr.read(str(tmp_path / name / "f.0001.exr"), ("R", "G", "B", "A"))[0] for name in ("local", "engine"))
+    assert np.array_equal(local, remote)
+    assert local[..., :3].max() > 1.5  # the plate's own values, not the display's clipped ones

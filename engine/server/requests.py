@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from sparsemat.plugin import protocol
 from sparsemat.plugin.protocol import ProtocolError
 
-from ..imageio import ImageReadError, display_rgb, read_alpha, read_rgb
+from ..imageio import ImageReadError, display_rgb, read_alpha, read_plate, read_rgb, srgb_decode
 from ..validation import MAX_TRIMAP_DILATION, MIN_PIXELS, frame_size_problem
 from .blocks import SharedMemoryBlocks
 
@@ -64,6 +65,8 @@ class MatteRequest:
     trimap: PixelSource | None
     trimap_dilation: int
     clean_plate: PixelSource | None
+    foreground: bool
+    foreground_colours: PixelSource | None
     colourspace: str | None
     temporal: bool
     keyframe_interval: int
@@ -97,6 +100,10 @@ def parse_matte(header: dict, frames: list, policy: Policy) -> MatteRequest:
         if image.transport != "shm" or alpha_shm_offset < image.nbytes or alpha_shm_offset % itemsize:
             raise ProtocolError("bad_request", f"'alpha_shm_offset' needs the image in shared memory, must not "
                                                f"overlap its pixels, and must be a multiple of {itemsize}")
+    foreground = require(header, "foreground", bool, default=False)
+    colours = require(header, "foreground_colours", dict, required=False)
+    if colours is not None and (not foreground or colours.get("transport") == "file"):
+        raise ProtocolError("bad_request", "'foreground_colours' goes with 'foreground': true, inline or through shm")
     trimap_dilation = require(header, "trimap_dilation", int, default=0)
     if not 0 <= trimap_dilation <= MAX_TRIMAP_DILATION:
         raise ProtocolError("bad_request", f"'trimap_dilation' must be 0 to {MAX_TRIMAP_DILATION}")
@@ -108,7 +115,8 @@ def parse_matte(header: dict, frames: list, policy: Policy) -> MatteRequest:
         stream=stream, frame=frame, image=image,
         prior=None if prior is None else pixel_source(prior, frames, "prior", (1,), policy),
         trimap=None if trimap is None else pixel_source(trimap, frames, "trimap", (1,), policy),
-        trimap_dilation=trimap_dilation,
+        trimap_dilation=trimap_dilation, foreground=foreground,
+        foreground_colours=None if colours is None else pixel_source(colours, frames, "foreground_colours", (3,), policy),
         clean_plate=None if clean_plate is None else pixel_source(clean_plate, frames, "clean_plate", (1, 3, 4), policy),
         colourspace=colourspace, temporal=temporal, keyframe_interval=keyframe_interval,
         alpha_dtype=alpha_dtype, max_pixels=max_pixels, alpha_shm_offset=alpha_shm_offset)
@@ -199,7 +207,7 @@ def load_image(source: PixelSource, colourspace: str | None, blocks: SharedMemor
     float32): Matter clips them and rejects NaN/infinity as it normalizes, in passes it makes anyway.
     A file without a colourspace is read by its type (linear EXR, sRGB otherwise), as
     ``sparsemat matte`` reads it; pixels in memory default to sRGB."""
-    try:
+    with _pixel_errors():
         if source.transport == "file":
             return read_rgb(readable_file(source.path, policy), colourspace)
         pixels = raw_pixels(source, blocks)
@@ -208,6 +216,29 @@ def load_image(source: PixelSource, colourspace: str | None, blocks: SharedMemor
             return pixels
         # display_rgb works in place: never in the client's buffer.
         return display_rgb(pixels if pixels.flags.owndata else pixels.copy(), colourspace)
+
+
+def load_plate(source: PixelSource, colourspace: str | None, blocks: SharedMemoryBlocks, policy: Policy
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``load_image``'s pixels and the plate's own colours (H, W, 3) float32 for its foreground, as
+    ``read_plate`` gives a file's: sRGB decoded to linear light, any other colourspace as sent."""
+    with _pixel_errors():
+        if source.transport == "file":
+            return read_plate(readable_file(source.path, policy), colourspace)
+        pixels = raw_pixels(source, blocks)
+        if pixels.shape[2] == 1:
+            pixels = np.repeat(pixels, 3, axis=2)
+        colourspace = colourspace or "srgb"
+        display = display_rgb(pixels.copy(), colourspace)  # checks for NaN and infinity first
+        own = srgb_decode(np.clip(pixels, 0.0, 1.0)) if colourspace.lower() == "srgb" else pixels.copy()
+        return display, np.ascontiguousarray(own, dtype=np.float32)
+
+
+@contextmanager
+def _pixel_errors():
+    """Reading pixels' failures as the protocol's errors."""
+    try:
+        yield
     except ImageReadError as exc:
         raise ProtocolError("bad_pixels", str(exc)) from exc
     except ProtocolError:  # a ValueError too, with its own code

@@ -15,10 +15,11 @@ from sparsemat.plugin import protocol
 from sparsemat.plugin.protocol import ProtocolError
 
 from ..allocator import give_back_freed_memory
+from ..foreground import premultiplied_foreground
 from ..streams import CachedReply, StreamStore
 from ..validation import FrameError
 from .blocks import SharedMemoryBlocks
-from .requests import MatteRequest, Policy, load_guide, load_image
+from .requests import MatteRequest, Policy, load_guide, load_image, load_plate, raw_pixels
 
 log = logging.getLogger("sparsemat.engine")
 STOP = object()
@@ -129,7 +130,16 @@ class Worker:
         # ``keep``, and these four are the most recent.
         prior, trimap = (None if source is None else torch.from_numpy(load_guide(source, self._blocks, self._policy))
                          for source in (request.prior, request.trimap))
-        frame_rgb = load_image(request.image, request.colourspace, self._blocks, self._policy)
+        if request.foreground_colours is not None:  # the plate's own colours, as the client read them
+            frame_rgb = load_image(request.image, request.colourspace, self._blocks, self._policy)
+            colours = raw_pixels(request.foreground_colours, self._blocks).copy()
+            if colours.shape[:2] != frame_rgb.shape[:2] or not np.isfinite(colours).all():
+                raise ProtocolError("bad_pixels", f"'foreground_colours' must be finite and the image's size "
+                                                  f"({frame_rgb.shape[1]}x{frame_rgb.shape[0]})")
+        elif request.foreground:
+            frame_rgb, colours = load_plate(request.image, request.colourspace, self._blocks, self._policy)
+        else:
+            frame_rgb, colours = load_image(request.image, request.colourspace, self._blocks, self._policy), None
         clean_plate = (None if request.clean_plate is None else
                        torch.from_numpy(load_image(request.clean_plate, request.colourspace, self._blocks, self._policy)))
         shm_alpha = None
@@ -155,15 +165,18 @@ class Worker:
                             "continued": stats.continued, "reused": stats.reused, "mode": stats.mode,
                             "note": stats.note, "warnings": self.streams.take_warnings(request.stream),
                             "ms": {"read": read_ms, **stats.ms}}}
+        payload = []
         if shm_alpha is not None:
             self._write_alpha(*shm_alpha, alpha)  # from the model's tensor: a GPU's goes straight in
             header["alpha_in_shm"] = True
-            header["stats"]["ms"]["total"] = (time.perf_counter() - start) * 1000.0
-            reply = [protocol.pack(header)]
         else:
-            inline = alpha.cpu().numpy().astype(protocol.DTYPES[request.alpha_dtype], copy=False)
-            header["stats"]["ms"]["total"] = (time.perf_counter() - start) * 1000.0
-            reply = [protocol.pack(header), inline]  # sent from the array's own buffer
+            payload.append(alpha.cpu().numpy().astype(protocol.DTYPES[request.alpha_dtype], copy=False))
+        if colours is not None:  # unmixed where the alpha is, on the model's device
+            foreground = premultiplied_foreground(torch.from_numpy(colours).to(alpha.device), alpha).cpu().numpy()
+            payload.append(foreground)
+            header["foreground"] = {"shape": list(foreground.shape), "dtype": "float32", "frame": len(payload)}
+        header["stats"]["ms"]["total"] = (time.perf_counter() - start) * 1000.0
+        reply = [protocol.pack(header), *payload]  # sent from the arrays' own buffers
         stream.last_reply = CachedReply(key, reply, shm_alpha, alpha)
         return reply
 
