@@ -39,6 +39,7 @@ class Settings:
     colourspace: str = DEFAULT_COLOURSPACE
     timeout: float = 10.0  # longest silence from the engine, in seconds (not the longest frame)
     trimap_dilation: int = 0  # pixels a trimap's unknown region grows by, when a trimap is given
+    foreground: bool = False  # the alpha file also holds the premultiplied foreground (R, G, B)
 
     def temporal_key(self) -> tuple:
         """Settings that decide whether the engine's temporal state for a stream still applies."""
@@ -247,6 +248,8 @@ def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, 
                "alpha_dtype": "float32"}
     if trimap is not None:
         options["trimap_dilation"] = int(settings.trimap_dilation)
+    if settings.foreground:
+        options["foreground"] = True
     try:  # from the first engine call on: an unreachable engine must not strand the rendered inputs
         client = client_for(settings)
         state = engine_state(client)
@@ -262,7 +265,12 @@ def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, 
                                          trimap=trimap_alpha, clean_plate=plate, **options)
     finally:
         remove_files(source, prior, trimap, clean_plate)
-    exr.write(alpha, np.asarray(result, dtype=np.float32), ("A",), half=False, compression=exr.ZIP)
+    result = np.asarray(result, dtype=np.float32)
+    if settings.foreground:
+        exr.write(alpha, np.dstack([stats.pop("foreground")[..., :3], result]), ("R", "G", "B", "A"), half=False,
+                  compression=exr.ZIP)
+    else:
+        exr.write(alpha, result, ("A",), half=False, compression=exr.ZIP)
     return {**stats, "seconds": time.perf_counter() - started, "engine": state}
 
 

@@ -396,6 +396,23 @@ def test_the_clean_plate_input_reaches_the_engine(engine, plate, cli_alphas, tmp
     assert inner["CleanPlateWrite"]["channels"].value() == "rgb" and inner["CleanPlateWrite"]["disable"].value()
 
 
+def test_the_foreground_knob_puts_the_unmixed_foreground_in_rgb(engine, plate, cli_alphas, tmp_path):
+    """With "foreground in rgb" on, the driver's renders carry the engine's premultiplied foreground
+    in rgb and the matte in alpha: what the client gets for the same file."""
+    new_session(str(tmp_path / "foreground.nk"))
+    nuke.GUI = False
+    group = sparsemat_on(plate[0], engine)
+    group["foreground"].setValue(True)
+    write = output_write(group, tmp_path / "out")
+    sparsemat_render.render([write], [1])
+    pixels, names = exr.read(str(tmp_path / "out" / "out.0001.exr"))
+    _, stats = EngineClient(engine).matte("foreground-check", 1, path=plate[0] % 1, colourspace="linear",
+                                          foreground=True)
+    assert np.array_equal(pixels[..., [names.index(c) for c in "RGB"]], stats["foreground"][..., :3])
+    assert np.array_equal(pixels[..., names.index("A")], cli_alphas[1])
+    assert not np.array_equal(pixels[..., [names.index(c) for c in "RGB"]], plate[1][0])
+
+
 # ---- errors --------------------------------------------------------------------------------------------------
 
 def test_engine_errors_become_node_errors(engine, plate, tmp_path):

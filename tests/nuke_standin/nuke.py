@@ -550,23 +550,33 @@ class Copy(Node):
     _class = "Copy"
     _max_inputs = 2
 
+    # Nuke's Copy copies up to four channels, knobs from0..from3 to to0..to3 (Foundry's Copy
+    # reference page); a pair left at "none" copies nothing.
+    PAIRS = 4
+
     def __init__(self, parent):
         super().__init__(parent)
-        self.addKnob(Channel_Knob("from0", "from", "rgba.alpha"))
-        self.addKnob(Channel_Knob("to0", "to", "rgba.alpha"))
+        for index in range(self.PAIRS):
+            default = "rgba.alpha" if index == 0 else "none"
+            self.addKnob(Channel_Knob(f"from{index}", "from", default))
+            self.addKnob(Channel_Knob(f"to{index}", "to", default))
 
     def _compute(self, number, view):
         b = self._upstream(0, number, view)
         a = self._upstream(1, number, view)
         out = _Image(b.size, b.channels)
         if b.size is not None:
-            value = a.get(self["from0"].value(), b.size)
-            if value.shape != tuple(b.size):  # A of another format: Nuke copies where both have pixels
-                fitted = np.zeros(b.size, np.float32)
-                h, w = min(value.shape[0], b.size[0]), min(value.shape[1], b.size[1])
-                fitted[:h, :w] = value[:h, :w]
-                value = fitted
-            out.channels[self["to0"].value()] = value
+            for index in range(self.PAIRS):
+                source, target = self[f"from{index}"].value(), self[f"to{index}"].value()
+                if source == "none" or target == "none":
+                    continue
+                value = a.get(source, b.size)
+                if value.shape != tuple(b.size):  # A of another format: Nuke copies where both have pixels
+                    fitted = np.zeros(b.size, np.float32)
+                    h, w = min(value.shape[0], b.size[0]), min(value.shape[1], b.size[1])
+                    fitted[:h, :w] = value[:h, :w]
+                    value = fitted
+                out.channels[target] = value
         return out
 
 

@@ -5,7 +5,8 @@ status and errors; ``work`` does the matting. How pixels move (Python has no bul
 access in Nuke):
 
     Source -> SourceWrite (EXR, half, raw) -> [engine] -> alpha EXR -> AlphaRead (raw)
-    Source ----------------------------------------------------------> AlphaCopy -> EngineError (Assert) -> Output
+    Source ----------------------------------------------------------> AlphaCopy -> ForegroundCopy -> EngineError (Assert) -> Output
+    (ForegroundCopy, when the foreground knob is on: rgb from the alpha EXR's premultiplied foreground)
     Prior  -> PriorWrite (EXR, alpha, float, raw) -> [engine, as the prior]
     Trimap -> TrimapWrite (EXR, alpha, float, raw) -> [engine, as the trimap]
     CleanPlate -> CleanPlateWrite (EXR, half, raw) -> [engine, as the clean plate]
@@ -25,7 +26,7 @@ from . import __version__, core
 
 MARKER = "sparsemat_version"  # hidden knob that marks a Group as a SparseMat node
 SOURCE_WRITE, PRIOR_WRITE, TRIMAP_WRITE, CLEAN_PLATE_WRITE = "SourceWrite", "PriorWrite", "TrimapWrite", "CleanPlateWrite"
-ALPHA_READ, COPY, ASSERT = "AlphaRead", "AlphaCopy", "EngineError"
+ALPHA_READ, COPY, FOREGROUND_COPY, ASSERT = "AlphaRead", "AlphaCopy", "ForegroundCopy", "EngineError"
 # (input number, input name, its Write, the channels it renders): the optional guides, after Source
 GUIDES = ((1, "Prior", PRIOR_WRITE, "alpha"), (2, "Trimap", TRIMAP_WRITE, "alpha"),
           (3, "CleanPlate", CLEAN_PLATE_WRITE, "rgb"))
@@ -82,6 +83,9 @@ def _add_knobs(group) -> None:
     _knob(group, nuke.Int_Knob("trimap_dilation", "trimap dilation"), 0,
           "With a Trimap input (its alpha: 0 background, 1 foreground, anything between unknown): pixels its "
           "unknown region grows by on each side (0 to 256). Known pixels are exact in the matte.")
+    _knob(group, nuke.Boolean_Knob("foreground", "foreground in rgb"), False,
+          "Replace rgb with the foreground, unmixed from the old background where the matte is partial and "
+          "premultiplied by it: merge the output over a new background without the old one's fringes.")
     _knob(group, nuke.String_Knob("colourspace", "input colourspace"), host.DEFAULT_COLOURSPACE,
           "Colourspace of the input's pixels as rendered raw: linear (scene-linear Rec.709), srgb, or an "
           "OpenColorIO colourspace name of the engine's config (ACEScg, ...).")
@@ -128,10 +132,15 @@ def _build_internals(group) -> None:
         _set(copy, from0="rgba.alpha", to0="rgba.alpha")
         copy.setInput(0, source)  # B: the plate passes through
         copy.setInput(1, read)  # A: the matte
+        foreground = nuke.nodes.Copy(name=FOREGROUND_COPY)
+        _set(foreground, from0="rgba.red", to0="rgba.red", from1="rgba.green", to1="rgba.green", from2="rgba.blue",
+             to2="rgba.blue", disable=True)
+        foreground.setInput(0, copy)
+        foreground.setInput(1, read)
         check = nuke.nodes.Assert(name=ASSERT)
         check["expression"].setExpression("1")  # an integer knob driven by an expression (Foundry's Assert.cpp)
         _set(check, message="")
-        check.setInput(0, copy)
+        check.setInput(0, foreground)
         output = nuke.nodes.Output()
         output.setInput(0, check)
     finally:
@@ -153,7 +162,8 @@ def settings(group) -> core.Settings:
         colourspace=group["colourspace"].value().strip() or host.DEFAULT_COLOURSPACE,
         channel=core.output_channel(group["output"].value(), group["layer"].value()),
         timeout=float(group["timeout"].value()),
-        trimap_dilation=int(group["trimap_dilation"].value()))  # the engine says when it is out of range
+        trimap_dilation=int(group["trimap_dilation"].value()),  # the engine says when it is out of range
+        foreground=bool(group["foreground"].value()))
 
 
 def input_range(group) -> tuple[int, int]:
@@ -192,6 +202,9 @@ def sync(group) -> tuple[core.Settings, core.Paths]:
     copy = group.node(COPY)
     if copy["to0"].value() != values.channel:
         copy["to0"].setValue(values.channel)
+    foreground = group.node(FOREGROUND_COPY)
+    if foreground["disable"].value() == values.foreground:
+        foreground["disable"].setValue(not values.foreground)
     with _lock:
         first_use = group.fullName() not in _failed
         _failed.setdefault(group.fullName(), set())
