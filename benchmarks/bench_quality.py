@@ -127,7 +127,10 @@ def main() -> int:
             ("`sparsemat matte --trimap` (guided refiner from the trimap alone)", "trimap", ("--trimap", trimaps)),
             ("`sparsemat matte --prior --trimap` (guided refiner)", "prior-trimap",
              ("--prior", priors, "--trimap", trimaps, "--foreground", os.path.join(folder, "foreground", "f.%04d.exr"))),
-            ("`sparsemat matte --clean-plate` (guided refiner)", "clean-plate", ("--clean-plate", clean))):
+            ("`sparsemat matte --clean-plate` (guided refiner)", "clean-plate", ("--clean-plate", clean)),
+            (f"`sparsemat matte --keyframe-alpha` (guided refiner; the exact mattes of frames 1 and {args.frames})",
+             "keyframes", tuple(f"--keyframe-alpha={key}={os.path.join(clip, f'alpha.{key:04d}.exr')}"
+                                for key in (1, args.frames)))):
         pattern = os.path.join(folder, out, "a.%04d.exr")
         seconds, summary = timed("matte", plates, pattern, "--quiet", *options)
         active = summary.split("mean active fraction ")[1].split("\n")[0]

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="coarse alpha per frame (any resolution: a roto, a keyer's matte) used instead of the "
                             "network's prior alpha; without --checkpoint, the weight-free guided refiner refines it")
     _add_guide_arguments(matte)
+    matte.add_argument("--keyframe-alpha", action="append", metavar="N=PATH|PATTERN",
+                       help="an artist's matte for frame N (repeat for each keyframe), or a pattern whose files are "
+                            "the keyframes: written as they are, and carried to the frames between by the plate's "
+                            "motion (forward, and backward from the next keyframe, blended by distance), each "
+                            "frame refined with the carried matte as its prior")
     matte.add_argument("--foreground", metavar="OUTPUT_PATTERN",
                        help="also write each frame's foreground, unmixed from the background where the matte is "
                             "partial, as premultiplied RGBA EXR (alpha in A) in the plate's colours (sRGB files "
@@ -238,7 +243,7 @@ def _add_guide_arguments(command) -> None:
 
 def _plan_job(args):
     from .imageio import SUPPORTED_OUTPUTS
-    from .inputs import check_clean_plate_size, check_guides, plates, refuse_overwriting
+    from .inputs import check_clean_plate_size, check_guides, keyframe_alphas, plates, refuse_overwriting
     from .job import MatteJob
     from .sequence import SequenceError, check_same_kind, parse_pattern, select_frames
 
@@ -259,6 +264,14 @@ def _plan_job(args):
     if not source.is_sequence and not os.path.exists(args.input):
         raise UsageError(f"input not found: {args.input}")
     check_guides(frames, prior=prior, trimap=trimap, clean_plate=clean_plate)
+    keys = keyframe_alphas(args.keyframe_alpha, source) if args.keyframe_alpha else {}
+    if keys:
+        if not source.is_sequence:
+            raise UsageError("--keyframe-alpha needs a sequence INPUT")
+        for given, flag in ((prior, "--prior"), (clean_plate, "--clean-plate"), (foreground, "--foreground")):
+            if given:
+                raise UsageError(f"--keyframe-alpha and {flag} cannot be combined: the keyframes' mattes, carried "
+                                 f"by the motion, are each frame's prior")
     check_clean_plate_size(clean_plate, source, frames)
     reads = [patterns.path(frame) for patterns in (source, prior, trimap, clean_plate) if patterns is not None
              for frame in frames]
@@ -272,7 +285,7 @@ def _plan_job(args):
     return MatteJob(source, target, frames, temporal=temporal, skip_existing=args.skip_existing,
                     colourspace=args.colourspace, half=args.half, prior=prior, trimap=trimap,
                     trimap_dilation=args.trimap_dilation, clean_plate=clean_plate, foreground=foreground,
-                    keyframe_interval=args.keyframe_interval)
+                    keyframe_alphas=keys, keyframe_interval=args.keyframe_interval)
 
 
 def run_matte(args) -> int:
@@ -289,10 +302,10 @@ def run_matte(args) -> int:
         except ValueError as exc:
             raise UsageError(f"--engine: {exc}") from exc
         return run_remote(job, address, args.max_pixels, progress=not args.quiet, on_frame=_on_frame(args))
-    if not (args.checkpoint or args.prior or args.trimap or args.clean_plate):
+    if not (args.checkpoint or args.prior or args.trimap or args.clean_plate or args.keyframe_alpha):
         raise UsageError(NEEDS_A_SOURCE)
     keep_freed_memory()  # before torch is imported and starts its threads
-    from .job import JobError, run_job
+    from .job import JobError, runner
     from .loading import ModelLoadError, load_matter
     from .matting import InProcessMatter
 
@@ -304,7 +317,7 @@ def run_matte(args) -> int:
         print("sparsemat: note: on CPU the torch backend is faster than spconv, which runs on one thread there "
               "(docs/PERFORMANCE.md); --backend spconv is meant for CUDA", file=sys.stderr)
     try:
-        summary = run_job(job, InProcessMatter(matter), progress=not args.quiet, on_frame=_on_frame(args))
+        summary = runner(job)(job, InProcessMatter(matter), progress=not args.quiet, on_frame=_on_frame(args))
     except JobError as exc:
         print(f"sparsemat: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

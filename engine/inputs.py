@@ -53,6 +53,39 @@ def check_guides(frames: list, **guides: Pattern | None) -> None:
                          f"its {what} (the first would be {guide.path(frames[0])})")
 
 
+def keyframe_alphas(values: list[str] | None, source: Pattern) -> dict:
+    """--keyframe-alpha's values (``N=PATH``, or a pattern naming the keyframes whose files exist)
+    as frame -> file; UsageError for a keyframe whose plate is not on disk or a value that says
+    neither."""
+    from .sequence import find_frames
+
+    keys: dict = {}
+    for value in values or ():
+        number, _, path = value.partition("=")
+        if path and number.strip().isdigit():
+            keys[int(number)] = path
+            continue
+        try:
+            pattern = parse_pattern(value)
+        except SequenceError as exc:
+            raise UsageError(f"--keyframe-alpha: {exc}") from exc
+        if not pattern.is_sequence:
+            raise UsageError(f"--keyframe-alpha takes N=PATH or a sequence pattern, not {value!r}")
+        try:
+            found = find_frames(pattern)
+        except SequenceError:
+            found = []
+        if not found:
+            raise UsageError(f"--keyframe-alpha '{value}' names no file")
+        keys.update((frame, pattern.path(frame)) for frame in found)
+    for frame, path in sorted(keys.items()):
+        if not os.path.isfile(source.path(frame)):
+            raise UsageError(f"keyframe {frame} is outside the plate's frames: {source.path(frame)} does not exist")
+        if not os.path.isfile(path):
+            raise UsageError(f"--keyframe-alpha file not found: {path}")
+    return keys
+
+
 def check_clean_plate_size(plate: Pattern | None, source: Pattern, frames: list) -> None:
     """UsageError when one clean plate for every frame has another size than the first frame: said
     once, not once a frame. A sequence's plates are checked with their frames."""

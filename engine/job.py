@@ -62,6 +62,7 @@ class MatteJob:
     trimap_dilation: int = 0  # pixels the trimap's unknown region grows by on each side
     clean_plate: Pattern | None = None  # one picture for every frame, or a sequence
     foreground: Pattern | None = None  # where the premultiplied foregrounds go (EXR), when asked for
+    keyframe_alphas: dict = field(default_factory=dict)  # frame -> an artist's matte file (keyframes.py)
     keyframe_interval: int = 0  # > 0: frames that are multiples of it start the temporal stream
 
 
@@ -107,7 +108,7 @@ def work_list(job: MatteJob, frames: list) -> list[tuple[object, bool]]:
     return with_preroll(frames, interval, lambda frame: os.path.exists(job.input.path(frame)))
 
 
-def _frame_label(frame) -> str:
+def frame_label(frame) -> str:
     return "image" if frame is None else f"frame {frame}"
 
 
@@ -132,18 +133,18 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
                bar_format=bar_format) as bar,
           ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsemat-read") as reader):
         say = log or (lambda message: bar.write(message, file=sys.stderr))
-        pending: Future | None = reader.submit(_read, job, work[0][0]) if work else None
+        pending: Future | None = reader.submit(read_inputs, job, work[0][0]) if work else None
         for index, (frame, write) in enumerate(work):
             read = pending.result()
-            pending = reader.submit(_read, job, work[index + 1][0]) if index + 1 < len(work) else None
+            pending = reader.submit(read_inputs, job, work[index + 1][0]) if index + 1 < len(work) else None
             new_stream = not (job.temporal and continues(previous, frame, job.keyframe_interval))
             outcome = read if isinstance(read, Exception) else _matte_frame(job, matte, frame, read, new_stream)
             if not isinstance(outcome, Exception) and not (new_stream or outcome[1].continued):
-                say(f"{_frame_label(frame)}: the engine no longer held this stream's state (evicted or restarted); "
+                say(f"{frame_label(frame)}: the engine no longer held this stream's state (evicted or restarted); "
                     f"matting frames {stream_start}-{previous} again first")
                 outcome = _resume(job, matte, frame, read, stream_start, summary)
             if isinstance(outcome, Exception):
-                say(f"error: {outcome}" if write else f"pre-roll {_frame_label(frame)} skipped: {outcome}")
+                say(f"error: {outcome}" if write else f"pre-roll {frame_label(frame)} skipped: {outcome}")
                 if write:
                     summary.failed.append((frame, str(outcome)))
                 previous, failed = None, frame
@@ -152,16 +153,16 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
                 if new_stream:
                     stream_start = frame
                     if job.temporal and continues(failed, frame, job.keyframe_interval):
-                        say(f"{_frame_label(frame)}: computed from a restarted stream: frame {failed} failed")
+                        say(f"{frame_label(frame)}: computed from a restarted stream: frame {failed} failed")
                         summary.restarted.append((frame, failed))
                 previous, failed = frame, None
                 if stats.note:
-                    say(f"{_frame_label(frame)}: {stats.note}")
+                    say(f"{frame_label(frame)}: {stats.note}")
                 if write:
-                    _write(job.output.path(frame), _frame_label(frame),
+                    write_output(job.output.path(frame), frame_label(frame),
                            lambda path: write_alpha(path, alpha, half=job.half))
                     if job.foreground is not None:
-                        _write(job.foreground.path(frame), f"the foreground of {_frame_label(frame)}",
+                        write_output(job.foreground.path(frame), f"the foreground of {frame_label(frame)}",
                                lambda path: write_rgba(path, stats.foreground, half=job.half))
                     summary.written += 1
                     summary.active_fractions.append(stats.active_fraction)
@@ -173,7 +174,7 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
             bar.update()  # only now: the bar never counts a frame that is still being matted
             if on_frame is not None:
                 state = "failed" if isinstance(outcome, Exception) else "written" if write else "pre-rolled"
-                on_frame(index + 1, len(work), f"{_frame_label(frame)} {state}")
+                on_frame(index + 1, len(work), f"{frame_label(frame)} {state}")
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -194,11 +195,11 @@ def _resume(job: MatteJob, matte: FrameMatter, frame: int, read: tuple, stream_s
     one uninterrupted run mattes it; a FrameError when one of them fails or the state is lost
     again (a memory budget too small for one stream, say)."""
     for number in range(stream_start, frame):
-        earlier = _read(job, number)
+        earlier = read_inputs(job, number)
         outcome = earlier if isinstance(earlier, Exception) else _matte_frame(job, matte, number, earlier,
                                                                               number == stream_start)
         if isinstance(outcome, Exception):
-            return FrameError(f"cannot resume the stream for {_frame_label(frame)}: frame {number}: {outcome}")
+            return FrameError(f"cannot resume the stream for {frame_label(frame)}: frame {number}: {outcome}")
         if number != stream_start and not outcome[1].continued:
             return _lost_again(frame)
         summary.prerolled += 1
@@ -209,12 +210,12 @@ def _resume(job: MatteJob, matte: FrameMatter, frame: int, read: tuple, stream_s
 
 
 def _lost_again(frame: int) -> FrameError:
-    return FrameError(f"cannot matte {_frame_label(frame)} as one uninterrupted run would: the engine lost this "
+    return FrameError(f"cannot matte {frame_label(frame)} as one uninterrupted run would: the engine lost this "
                       f"stream's temporal state again (its memory budget may be too small for one stream, or it "
                       f"restarted); see its log")
 
 
-def _write(path: str, what: str, write: Callable[[str], None]) -> None:
+def write_output(path: str, what: str, write: Callable[[str], None]) -> None:
     """``write(path)``, creating its folder first, so a run that writes nothing leaves none behind;
     JobError naming ``what`` when either fails."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -240,7 +241,7 @@ def _parents(folder: str) -> list[str]:
     return parts[::-1]
 
 
-def _read(job: MatteJob, frame):
+def read_inputs(job: MatteJob, frame):
     """(pixels, prior, trimap, clean plate, the plate's own colours when a foreground is written) of
     one frame, or the exception that stopped the read."""
     try:
@@ -263,6 +264,16 @@ def _read_plate(path: str, colourspace: str | None, modified: int) -> np.ndarray
     """A clean plate, read once while every frame uses the same one (and the file is unchanged);
     the frames share the array, which matting only reads."""
     return read_rgb(path, colourspace)
+
+
+def runner(job: MatteJob) -> Callable:
+    """``run_job``, or ``keyframes.run_keyframes`` for a job guided by keyframe mattes (the same
+    arguments and summary)."""
+    if not job.keyframe_alphas:
+        return run_job
+    from .keyframes import run_keyframes  # a module of this layer that builds on this one
+
+    return run_keyframes
 
 
 def openjd_progress(done: int, total: int, what: str) -> None:

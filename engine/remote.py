@@ -11,7 +11,7 @@ import numpy as np
 
 from sparsemat.plugin.client import EngineClient, EngineError, EngineUnavailable, listening, nobody_listens
 
-from .job import JobError, MatteJob, run_job
+from .job import JobError, MatteJob, runner
 from .validation import EXIT_FAILED, EXIT_UNAVAILABLE, FrameError, UsageError
 
 
@@ -58,14 +58,15 @@ def run_remote(job: MatteJob, address: str, max_pixels: int | None, progress: bo
     stream = f"cli-{uuid.uuid4().hex[:12]}"
     reachable = True
     try:
-        if client.hello().get("needs_prior") and job.prior is None and job.trimap is None and job.clean_plate is None:
+        guided = (job.prior, job.trimap, job.clean_plate)
+        if client.hello().get("needs_prior") and all(guide is None for guide in guided) and not job.keyframe_alphas:
             raise UsageError(f"the engine at {address} runs the guided refiner (no checkpoint): give --prior PATTERN "
                              f"(a coarse alpha per frame), --trimap PATTERN or --clean-plate PATH, or use an engine "
                              f"with a checkpoint")
         from tqdm import tqdm
 
         matter = EngineMatter(client, stream, max_pixels, warn=lambda text: tqdm.write(text, file=sys.stderr))
-        summary = run_job(job, matter, progress=progress, on_frame=on_frame)
+        summary = runner(job)(job, matter, progress=progress, on_frame=on_frame)
     except (JobError, EngineError) as exc:
         reachable = not isinstance(exc, EngineUnavailable)
         if getattr(exc, "code", None) == "busy":  # it is shutting down: as good as gone, and retryable

@@ -214,7 +214,7 @@ def test_no_checkpoint_and_no_prior_fails_before_any_engine_starts(prior_clip, r
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-3000:]
     assert "nothing to matte with: set Checkpoint (the SparseMat network), or PriorFolder" in log, log[-3000:]
-    assert "TrimapFolder (a trimap per frame) or CleanPlateFolder for the weight-free guided refiner" in log
+    assert "TrimapFolder (a trimap per frame), CleanPlateFolder or KeyframeAlphaFolder for the weight-free" in log
     assert "Chunks run: 0" in log and "engine started at " not in log and not (tmp_path / "out").exists()
 
 
@@ -236,6 +236,23 @@ def test_one_clean_plate_reaches_every_task_without_a_checkpoint(clip, reference
         farm, whole = (read_alpha(str(tmp_path / name / f"a.{frame:04d}.exr")) for name in ("farm", "whole"))
         assert np.array_equal(farm, whole), frame
         farm, whole = (exr.read(str(tmp_path / name / f"f.{frame:04d}.exr"))[0] for name in ("farm", "whole"))
+        assert np.array_equal(farm, whole), frame
+
+
+def test_keyframe_mattes_reach_every_task(clip, reference, runtime, tmp_path):
+    """A KeyframeAlphaFolder (mattes of frames 1 and 7) and no Checkpoint: chunks of 2, most of them
+    between the keyframes, give the files of one in-process run."""
+    for key in (1, 7):
+        frame = np.ascontiguousarray(reference["frames"][(key - 1) % 3, 80:176, 140:236]).astype(np.float32) / 255
+        write_alpha(str(tmp_path / f"key.{key:04d}.exr"), (frame.mean(axis=-1) > 0.5).astype(np.float32))
+    local = {**_env(runtime), "SPARSEMAT_CHECKPOINT": ""}
+    runs = {"whole": _in_process_runs(clip, tmp_path, "--keyframe-alpha", tmp_path / "key.%04d.exr")["whole"],
+            "farm": _farm_run(clip, tmp_path / "farm" / "a.%04d.exr", 2, f"KeyframeAlphaFolder={tmp_path}",
+                              "KeyframeAlphaFile=key.%04d.exr")}
+    logs = _run_all(runs, local)
+    assert "Chunks run: 4" in logs["farm"], logs["farm"][-3000:]
+    for frame in FRAMES:
+        farm, whole = (read_alpha(str(tmp_path / name / f"a.{frame:04d}.exr")) for name in ("farm", "whole"))
         assert np.array_equal(farm, whole), frame
 
 
