@@ -13,6 +13,12 @@ alpha|`` (colours may change across alpha edges, not within flat regions). The r
 red-black Gauss-Seidel (half the pixels, then the other half, each from its neighbours' newest
 values), ``SMALL_ITERATIONS`` times on levels up to ``SMALL_SIZE`` on a side, ``BIG_ITERATIONS``
 times above.
+
+A frame is solved tile by tile, only where its alpha is partial (``foreground_colours``): the
+cost follows the band. On the 1080p sample clip with its exact alpha this was also more
+accurate than one solve of the whole frame (composite error 17.4 against 20.5 x1e-3 on
+frame 5, 13.1 against 18.2 on frame 13; measured once, with a test run beside it): the
+tiles' levels stay small, where each gets ten relaxations.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 REGULARIZATION = 1e-5
+TILE, TILE_MARGIN = 128, 32  # pixels: the band is solved tile by tile, each with this much context
 SMALL_SIZE = 32
 SMALL_ITERATIONS = 10
 BIG_ITERATIONS = 2
@@ -51,8 +58,8 @@ def _relax(image, alpha, foreground, background, weights, mask, ceiling):
 
 
 def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """(1, 3, H, W) foreground colours from a linear-light (1, 3, H, W) image and its (1, 1, H, W)
-    alpha in [0, 1]; values stay within [0, the image's maximum]."""
+    """(N, 3, H, W) foreground colours from linear-light (N, 3, H, W) images and their (N, 1, H, W)
+    alphas in [0, 1]; values stay within [0, the images' maximum]."""
     height, width = image.shape[2:]
     image, alpha = image.float(), alpha.float().clamp(0.0, 1.0)
     ceiling = max(float(image.max()), 1e-6)
@@ -77,10 +84,30 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tenso
 
 def foreground_colours(colours: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """(H, W, 3) straight foreground colours: unmixed where 0 < alpha < 1, the plate's own linear
-    ``colours`` (H, W, 3) elsewhere."""
+    ``colours`` (H, W, 3) elsewhere. Solved in ``TILE`` x ``TILE`` tiles holding such pixels,
+    each with ``TILE_MARGIN`` pixels of context (borders repeated), as one batch: the cost
+    follows the band, not the frame."""
+    height, width = alpha.shape
     mixed = (alpha > 0) & (alpha < 1)
-    unmixed = estimate_foreground(colours.permute(2, 0, 1)[None], alpha[None, None])[0].permute(1, 2, 0)
-    return torch.where(mixed[..., None], unmixed, colours.float())
+    rows, columns = -(-height // TILE), -(-width // TILE)
+    pad = (0, columns * TILE - width, 0, rows * TILE - height)
+    active = F.max_pool2d(F.pad(mixed.float()[None, None], pad), TILE)[0, 0] > 0
+    corners = [(y * TILE, x * TILE) for y, x in torch.nonzero(active).tolist()]  # one synchronisation
+    out = colours.float().permute(2, 0, 1).clone()
+    if not corners:
+        return out.permute(1, 2, 0)
+    framed = (TILE_MARGIN, TILE_MARGIN + pad[1], TILE_MARGIN, TILE_MARGIN + pad[3])
+    image = F.pad(out[None], framed, mode="replicate")[0]
+    alphas = F.pad(alpha[None, None].float(), framed, mode="replicate")[0]
+    size = TILE + 2 * TILE_MARGIN
+    solved = estimate_foreground(torch.stack([image[:, y:y + size, x:x + size] for y, x in corners]),
+                                 torch.stack([alphas[:, y:y + size, x:x + size] for y, x in corners]))
+    for (y, x), tile in zip(corners, solved):
+        h, w = min(TILE, height - y), min(TILE, width - x)
+        region = out[:, y:y + h, x:x + w]
+        inner = tile[:, TILE_MARGIN:TILE_MARGIN + h, TILE_MARGIN:TILE_MARGIN + w]
+        region.copy_(torch.where(mixed[y:y + h, x:x + w], inner, region))
+    return out.permute(1, 2, 0)
 
 
 def premultiplied_foreground(colours: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
