@@ -318,4 +318,4 @@ def test_gpu_jobs_ask_for_a_gpu_worker_and_cpu_jobs_do_not():
     run = template["steps"][0]["script"]["actions"]["onRun"]
     assert run["cancelation"]["mode"] == "NOTIFY_THEN_TERMINATE" and run["timeout"] > 0
     outputs = [p["name"] for p in template["parameterDefinitions"] if p.get("dataFlow") == "OUT"]
-    assert outputs == ["OutputFolder"]
+    assert sorted(outputs) == ["ForegroundFolder", "OutputFolder"]

@@ -241,4 +241,8 @@ def test_sample_clip_script_writes_readable_frames(tmp_path):
         expected_plate, expected_alpha, expected_prior = clip_generator.make_frame(index, (96, 64), seed=1, frames=2)
         assert np.abs(plate - expected_plate).max() <= 0.5 / 255 + 1e-6
         assert np.array_equal(alpha, expected_alpha) and np.array_equal(prior, expected_prior)
-    assert len(list(tmp_path.iterdir())) == 6
+        assert np.array_equal(np.round(read_alpha(str(tmp_path / f"trimap.{index:04d}.png")) * 255),
+                              clip_generator.make_trimap(expected_alpha))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "alpha.0001.exr", "alpha.0002.exr", "clean.png", "plate.0001.png", "plate.0002.png", "prior.0001.exr",
+        "prior.0002.exr", "trimap.0001.png", "trimap.0002.png"]
