@@ -23,7 +23,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
@@ -46,6 +46,15 @@ class FrameMatter(Protocol):
         ``continued``: whether the frame was given its stream's previous state; with
         ``plate_colours``, the plate's own colours, ``foreground``: (H, W, 4) premultiplied RGBA);
         FrameError for pixels the model cannot take."""
+
+
+class FrameInputs(NamedTuple):
+    """What ``read_inputs`` reads for one frame."""
+    pixels: np.ndarray  # display-encoded RGB, as the model takes it
+    prior: np.ndarray | None
+    trimap: np.ndarray | None
+    clean_plate: np.ndarray | None
+    colours: np.ndarray | None  # the plate's own colours, read only when a foreground is written
 
 
 @dataclass
@@ -138,7 +147,7 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
             read = pending.result()
             pending = reader.submit(read_inputs, job, work[index + 1][0]) if index + 1 < len(work) else None
             new_stream = not (job.temporal and continues(previous, frame, job.keyframe_interval))
-            outcome = read if isinstance(read, Exception) else _matte_frame(job, matte, frame, read, new_stream)
+            outcome = read if isinstance(read, Exception) else matte_frame(job, matte, frame, read, new_stream)
             if not isinstance(outcome, Exception) and not (new_stream or outcome[1].continued):
                 say(f"{frame_label(frame)}: the engine no longer held this stream's state (evicted or restarted); "
                     f"matting frames {stream_start}-{previous} again first")
@@ -160,10 +169,10 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
                     say(f"{frame_label(frame)}: {stats.note}")
                 if write:
                     write_output(job.output.path(frame), frame_label(frame),
-                           lambda path: write_alpha(path, alpha, half=job.half))
+                                 lambda path: write_alpha(path, alpha, half=job.half))
                     if job.foreground is not None:
                         write_output(job.foreground.path(frame), f"the foreground of {frame_label(frame)}",
-                               lambda path: write_rgba(path, stats.foreground, half=job.half))
+                                     lambda path: write_rgba(path, stats.foreground, half=job.half))
                     summary.written += 1
                     summary.active_fractions.append(stats.active_fraction)
                     elapsed = time.perf_counter() - start
@@ -179,31 +188,30 @@ def run_job(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Calla
     return summary
 
 
-def _matte_frame(job: MatteJob, matte: FrameMatter, frame, read: tuple, new_stream: bool):
+def matte_frame(job: MatteJob, matte: FrameMatter, frame, read: FrameInputs, new_stream: bool):
     """(alpha, stats) of a frame read as ``read``, or a FrameError naming the file whose pixels the
     model cannot take."""
-    pixels, prior, trimap, clean_plate, colours = read
     try:
-        return matte(pixels, frame, new_stream=new_stream, prior=prior, trimap=trimap,
-                     trimap_dilation=job.trimap_dilation, clean_plate=clean_plate, plate_colours=colours)
+        return matte(read.pixels, frame, new_stream=new_stream, prior=read.prior, trimap=read.trimap,
+                     trimap_dilation=job.trimap_dilation, clean_plate=read.clean_plate, plate_colours=read.colours)
     except FrameError as exc:
         return FrameError(f"cannot matte '{job.input.path(frame)}': {exc}")
 
 
-def _resume(job: MatteJob, matte: FrameMatter, frame: int, read: tuple, stream_start: int, summary: JobSummary):
+def _resume(job: MatteJob, matte: FrameMatter, frame: int, read: FrameInputs, stream_start: int, summary: JobSummary):
     """``frame`` matted again after the frames of its stream before it, from ``stream_start``, as
     one uninterrupted run mattes it; a FrameError when one of them fails or the state is lost
     again (a memory budget too small for one stream, say)."""
     for number in range(stream_start, frame):
         earlier = read_inputs(job, number)
-        outcome = earlier if isinstance(earlier, Exception) else _matte_frame(job, matte, number, earlier,
-                                                                              number == stream_start)
+        outcome = earlier if isinstance(earlier, Exception) else matte_frame(job, matte, number, earlier,
+                                                                             number == stream_start)
         if isinstance(outcome, Exception):
             return FrameError(f"cannot resume the stream for {frame_label(frame)}: frame {number}: {outcome}")
         if number != stream_start and not outcome[1].continued:
             return _lost_again(frame)
         summary.prerolled += 1
-    outcome = _matte_frame(job, matte, frame, read, new_stream=False)
+    outcome = matte_frame(job, matte, frame, read, new_stream=False)
     if isinstance(outcome, Exception) or outcome[1].continued:
         return outcome
     return _lost_again(frame)
@@ -241,9 +249,8 @@ def _parents(folder: str) -> list[str]:
     return parts[::-1]
 
 
-def read_inputs(job: MatteJob, frame):
-    """(pixels, prior, trimap, clean plate, the plate's own colours when a foreground is written) of
-    one frame, or the exception that stopped the read."""
+def read_inputs(job: MatteJob, frame) -> FrameInputs | Exception:
+    """One frame's inputs, or the exception that stopped the read."""
     try:
         if job.foreground is None:
             pixels, colours = read_rgb(job.input.path(frame), job.colourspace), None
@@ -254,7 +261,7 @@ def read_inputs(job: MatteJob, frame):
         if job.clean_plate is not None:
             path = job.clean_plate.path(frame)
             plate = _read_plate(path, job.colourspace, os.stat(path).st_mtime_ns)
-        return pixels, prior, trimap, plate, colours
+        return FrameInputs(pixels, prior, trimap, plate, colours)
     except (ImageReadError, OSError, ValueError) as exc:
         return exc
 

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .imageio import read_alpha, write_alpha
-from .job import FrameMatter, JobSummary, MatteJob, frame_label, read_inputs, write_output
+from .job import FrameMatter, JobSummary, MatteJob, frame_label, matte_frame, read_inputs, write_output
 from .validation import FrameError
 
 FLOW_PRESET = "MEDIUM"  # DIS preset: ULTRAFAST, FAST or MEDIUM
@@ -55,9 +55,12 @@ def run_keyframes(job: MatteJob, matte: FrameMatter, progress: bool = True, log:
     with tqdm(total=len(job.frames), unit="frame", disable=not progress, dynamic_ncols=True) as bar:
         say = log or (lambda message: bar.write(message))
 
+        chains_active: dict = {}  # frame -> the active fraction of its chains' mattes
+
         def done(frame, alpha, message=None):
             if message is None:
-                write_output(job.output.path(frame), frame_label(frame), lambda path: write_alpha(path, alpha, half=job.half))
+                write_output(job.output.path(frame), frame_label(frame),
+                             lambda path: write_alpha(path, alpha, half=job.half))
                 summary.written += 1
                 summary.active_fractions.append(0.0 if frame in job.keyframe_alphas else chains_active[frame])
             else:
@@ -68,7 +71,6 @@ def run_keyframes(job: MatteJob, matte: FrameMatter, progress: bool = True, log:
                 on_frame(summary.written + len(summary.failed), len(job.frames),
                          f"{frame_label(frame)} {'written' if message is None else 'failed'}")
 
-        chains_active: dict = {}
         wanted = set(job.frames)
         for frame in keys:
             if frame in wanted:
@@ -124,18 +126,17 @@ def _chain(job, matte, key: int, frames: list) -> dict:
         if isinstance(read, Exception):
             results[frame] = read
             return results
-        pixels, _, trimap, _, _ = read
-        if alpha.shape != pixels.shape[:2]:
+        height, width = read.pixels.shape[:2]
+        if alpha.shape != (height, width):
             results[frame] = FrameError(f"the keyframe matte of frame {key} is {alpha.shape[1]}x{alpha.shape[0]}, "
-                                        f"the plate {pixels.shape[1]}x{pixels.shape[0]}")
+                                        f"the plate {width}x{height}")
             return results
-        prior = flow_warp(alpha, previous[0], pixels)
-        try:
-            alpha, stats = matte(pixels, frame, new_stream=True, prior=prior, trimap=trimap,
-                                 trimap_dilation=job.trimap_dilation)
-        except FrameError as exc:
-            results[frame] = FrameError(f"cannot matte '{job.input.path(frame)}': {exc}")
+        outcome = matte_frame(job, matte, frame, read._replace(prior=flow_warp(alpha, previous.pixels, read.pixels)),
+                              new_stream=True)
+        if isinstance(outcome, Exception):
+            results[frame] = outcome
             return results
+        alpha, stats = outcome
         results[frame] = (alpha, stats.active_fraction)
         previous = read
     return results
