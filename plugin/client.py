@@ -328,7 +328,7 @@ class EngineClient:
             sender.send_multipart(message, copy=False)
             if attempt == 0 and while_waiting is not None:
                 while_waiting()
-            answer = self._wait(sender, request_id)
+            answer = self._wait(sender, request_id, attempt)
             if isinstance(answer, tuple):
                 reply, frames = answer
                 if not reply.get("ok"):
@@ -356,13 +356,16 @@ class EngineClient:
                 return True
         return False
 
-    def _wait(self, sender: zmq.Socket, request_id: str):
+    def _wait(self, sender: zmq.Socket, request_id: str, attempt: int):
         """(header, payload frames) of the reply; else _SILENT once the engine has been silent too
-        long, _LOST once it answers a ping without holding the request, or _GONE once its ipc
-        socket file is gone (it stopped)."""
+        long, _LOST once it answers a ping of this ``attempt`` without holding the request, or
+        _GONE once its ipc socket file is gone (it stopped)."""
         last_heard = time.monotonic()
         pings = itertools.count(1)
-        ping_prefix = f"{request_id}-ping"
+        # The attempt is in the ping's id: an engine answers pings an earlier attempt queued on its
+        # old connection after this one took the client's routing id over, and those answers
+        # ("unknown", sent before this attempt's request arrived) come here.
+        ping_prefix = f"{request_id}-try{attempt}-ping"
         ipc_path = self.address[len("ipc://"):] if self.address.startswith("ipc://") else None
         while time.monotonic() - last_heard < self.timeout:
             if sender.poll(int(min(self.heartbeat, self.timeout) * 1000), zmq.POLLIN):

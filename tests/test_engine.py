@@ -517,6 +517,49 @@ def test_an_engine_restarted_under_a_waiting_client_gets_the_request_again(runti
         stop_engine(address, runtime)
 
 
+def test_a_retry_ignores_unknown_answers_to_the_pings_of_an_earlier_attempt(tmp_path):
+    """What the real engine did in a CI run of the test above: the client's pings queued while no
+    engine listened reach the new engine together; it answers the first "unknown", the client
+    reconnects under its routing id and sends the request again, and the engine's answers to the
+    rest of the old pings come to the new connection (ROUTER_HANDOVER gives it the routing id)
+    before the reply. This stand-in sends one such answer, then the reply."""
+    address = f"ipc://{tmp_path}/handover.sock"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    router.bind(address)
+    mattes, old_pings = [], []
+
+    def serve():
+        while router.poll(10_000):
+            identity, *frames = router.recv_multipart()
+            header = msgpack.unpackb(frames[0])
+            if header["op"] == "matte":
+                mattes.append(header["id"])
+                if len(mattes) == 2:  # the retry: first the old connection's late answer, then the reply
+                    router.send_multipart([identity, msgpack.packb(
+                        {"id": old_pings[-1], "ok": True, "request": "unknown"})])
+                    router.send_multipart([identity, msgpack.packb(
+                        {"id": header["id"], "ok": True, "dtype": "float32", "shape": [2, 2], "stats": {}}),
+                        np.full((2, 2), 0.25, np.float32).tobytes()])
+                    return
+            elif len(mattes) == 1:  # a ping of the first attempt
+                old_pings.append(header["id"])
+                if len(old_pings) == 2:
+                    router.send_multipart([identity, msgpack.packb(
+                        {"id": header["id"], "ok": True, "request": "unknown"})])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with EngineClient(address, timeout=10.0, heartbeat=0.05, retries=1) as client:
+            alpha, _ = client.matte("s", 1, np.zeros((2, 2, 3), np.float32))
+    finally:
+        thread.join(timeout=20)
+        router.close()
+    assert len(mattes) == 2 and np.all(alpha == 0.25)
+
+
 def test_pings_to_no_engine_never_block_the_client(tmp_path):
     """With no engine behind a socket file (one a killed engine left), pings queue in the socket; past
     its high-water mark a blocking send never returned."""
