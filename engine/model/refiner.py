@@ -118,7 +118,7 @@ class SparseDecoder(nn.Module):
     """Inverse convolutions 1/8 -> 1/4 -> 1/2 -> 1, with encoder skips and the image at full size.
 
     The published decoder also emits side outputs (conv_p8x, conv_p4x, conv_p2x) that
-    only training uses; their weights load but inference does not compute them.
+    only training's loss uses: computed with ``side_outputs=True``, never in inference.
     """
 
     def __init__(self):
@@ -139,14 +139,21 @@ class SparseDecoder(nn.Module):
     def _up(stage: nn.ModuleList, x, plan):
         return F.leaky_relu(stage[1](stage[0](x, plan)))
 
-    def forward(self, image_rgb01, half, quarter, deepest, plan) -> torch.Tensor:
-        x = self._up(self.conv_up1, deepest, plan)
-        x = self._up(self.conv_up2, torch.cat([x, quarter], dim=1), plan)
-        x = self._up(self.conv_up3, torch.cat([x, half], dim=1), plan)
+    def forward(self, image_rgb01, half, quarter, deepest, plan, side_outputs: bool = False):
+        """Alpha per full-resolution site; with ``side_outputs``, also the alphas per site of the
+        1/4, 1/2 and full-resolution levels' decoder features (conv_p8x, conv_p4x, conv_p2x)."""
+        eighth = self._up(self.conv_up1, deepest, plan)
+        quarter_up = self._up(self.conv_up2, torch.cat([eighth, quarter], dim=1), plan)
+        x = half_up = self._up(self.conv_up3, torch.cat([quarter_up, half], dim=1), plan)
         x = torch.cat([x, image_rgb01], dim=1)
         for layer in self.conv_up4_alpha:
             x = layer(x, plan) if isinstance(layer, SparseConv) else layer(x)
-        return torch.sigmoid(x[:, 0])
+        alpha = torch.sigmoid(x[:, 0])
+        if not side_outputs:
+            return alpha
+        sides = [torch.sigmoid(head(features, plan)[:, 0]) for head, features in
+                 ((self.conv_p8x, eighth), (self.conv_p4x, quarter_up), (self.conv_p2x, half_up))]
+        return alpha, sides
 
 
 class SparseRefiner(nn.Module):
@@ -160,8 +167,9 @@ class SparseRefiner(nn.Module):
         # every rule a forward pass uses, so a plan can build all its rulebooks at once
         self.rules = tuple(sorted({m.rule for m in self.modules() if isinstance(m, SparseConv) and m.rule}))
 
-    def forward(self, site_inputs: torch.Tensor, plan, context: torch.Tensor, prior_full: torch.Tensor) -> torch.Tensor:
+    def forward(self, site_inputs: torch.Tensor, plan, context: torch.Tensor, prior_full: torch.Tensor,
+                side_outputs: bool = False):
         half, quarter, deepest = self.backbone(site_inputs, plan)
         deepest = deepest * self.ctx(context, prior_full)
         # the decoder sees the image back in [0, 1]
-        return self.decoder(site_inputs[:, :3] * 0.5 + 0.5, half, quarter, deepest, plan)
+        return self.decoder(site_inputs[:, :3] * 0.5 + 0.5, half, quarter, deepest, plan, side_outputs)

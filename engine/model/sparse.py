@@ -198,14 +198,20 @@ PRODUCTS_FIRST_WASTE = 1.15  # computed products per real pair, at most
 
 def gather_conv(features: torch.Tensor, rulebook: Rulebook, weight: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``out[o] = bias + sum_k features[neighbour(k, o)] @ weight[k]`` (absent neighbours count as zero)."""
+    """``out[o] = bias + sum_k features[neighbour(k, o)] @ weight[k]`` (absent neighbours count as zero).
+    Differentiable: autograd follows the gathers, products and scatters when training."""
     n_out, c_in, c_out = rulebook.n_out, weight.shape[1], weight.shape[2]
     out = features.new_zeros(n_out, c_out) if bias is None else bias.expand(n_out, -1).clone()
     n_in = features.shape[0]
     if c_out < c_in and len(rulebook.entries) * n_in <= PRODUCTS_FIRST_WASTE * rulebook.pairs:
+        # autograd refuses out= arguments: when it records, each offset's products get a buffer of their own
+        recording = torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad)
         products = features.new_zeros(n_in + 1, c_out)  # the last row stays zero: the absent neighbour
         for k, rows, columns in rulebook.entries:
-            torch.mm(features, weight[k], out=products[:n_in])
+            if recording:
+                products = torch.cat([features @ weight[k], products[n_in:]])
+            else:
+                torch.mm(features, weight[k], out=products[:n_in])
             if rows is None:
                 out.add_(products.index_select(0, columns))
             else:
