@@ -95,3 +95,38 @@ def test_non_finite_weights_are_refused(tmp_path, published):
 def test_not_a_state_dict(tmp_path):
     with pytest.raises(CheckpointError, match="holds a list"):
         load(tmp_path, [1, 2, 3])
+
+
+@pytest.mark.parametrize("with_training_state", [False, True], ids=["plain", "with optimizer state"])
+def test_a_trained_model_saves_in_the_published_layout_and_loads_back(tmp_path, seed1_checkpoint, with_training_state):
+    """What a training run writes: the spec's keys, shapes and dtypes in its order (so the published
+    code loads it), the tensors inference never reads kept from the checkpoint it started from, and
+    every tensor of the trained model back exactly through --checkpoint's loader."""
+    from sparsemat.engine.model.checkpoint import published_state, read_published, save_published
+
+    base = read_published(str(seed1_checkpoint))
+    model = SparseMat.from_checkpoint(str(seed1_checkpoint))
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.01)
+    path = tmp_path / "trained.pth"
+    extra = {"step": 7, "optimizer": {"state": {}, "param_groups": []}} if with_training_state else None
+    save_published(str(path), published_state(model, base), extra)
+    assert [p.name for p in tmp_path.iterdir()] == ["trained.pth"]  # no temporary left behind
+
+    payload = torch.load(path, weights_only=True)
+    saved = payload["state_dict"] if with_training_state else payload
+    spec = json.loads((FIXTURES / "spec.json").read_text())
+    assert [(key, list(value.shape), str(value.dtype).removeprefix("torch.")) for key, value in saved.items()] == \
+        [(key, shape, dtype) for key, shape, dtype in spec]
+    for key, value in saved.items():
+        if key.startswith("lpn.aux_head."):
+            assert torch.equal(value, base[key]), key
+    for key in SPCONV1_OVERSIZED:  # the part spconv 1.x never reads stays as it was
+        read = model.state_dict()[key].numel()
+        assert torch.equal(saved[key].reshape(-1)[read:], base[key].reshape(-1)[read:])
+        assert not torch.equal(saved[key].reshape(-1)[:read], base[key].reshape(-1)[:read])
+    reloaded = SparseMat.from_checkpoint(str(path)).state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded[key], value), key

@@ -6,9 +6,12 @@ convolution weights are in spconv 1.x layout ``[kh, kw, in, out]``. The filter
 below maps it onto our modules, where a sparse weight is ``(kh * kw, in, out)``.
 Anything missing, unexpected or of the wrong shape is an error naming the file
 and the first offending keys: a partial load would give a silently wrong matte.
+``save_published`` writes the other way, so a trained model loads in the published code too.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import OrderedDict
 
 import torch
@@ -94,3 +97,49 @@ def load_into(model: torch.nn.Module, path: str) -> None:
     state = filter_published(_unwrap(_read(path)), model)
     _check(path, state, model)
     model.load_state_dict(state, strict=True)
+
+
+def published_state(model: torch.nn.Module, base: dict) -> OrderedDict:
+    """``model``'s tensors in the published layout, keys in the order of ``base`` (the published
+    state_dict it started from, unwrapped): sparse weights as spconv 1.x ``[kh, kw, in, out]``,
+    the oversized layer1.0 weights as ``base``'s with the part spconv reads replaced, and the
+    keys inference never uses (the prior's training head) kept from ``base``."""
+    ours = model.state_dict()
+    out = OrderedDict()
+    for key, original in base.items():
+        if key not in ours:
+            out[key] = original.clone()
+            continue
+        value = ours[key].detach().cpu()
+        if key.startswith("shm.") and original.dim() == 4 and value.dim() == 3:
+            if key in SPCONV1_OVERSIZED and original.shape[2] > value.shape[1]:
+                flat = original.clone().reshape(-1)
+                flat[: value.numel()] = value.reshape(-1)
+                value = flat.view(original.shape)
+            else:
+                value = value.reshape(original.shape)
+        out[key] = value.to(original.dtype).clone()
+    return out
+
+
+def read_published(path: str) -> OrderedDict:
+    """A published-format checkpoint's state_dict, unwrapped (raises CheckpointError)."""
+    return _unwrap(_read(path))
+
+
+def save_published(path: str, state: dict, extra: dict | None = None) -> None:
+    """Write ``state`` (a published-layout state_dict) to ``path`` atomically: a plain state_dict,
+    or ``{"state_dict": state, **extra}`` when there is more to keep (a training run's optimizer
+    and step), which both the published loader's ``state_dict`` unwrapping and ours read."""
+    payload = dict(state) if not extra else {"state_dict": state, **extra}
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".sparsemat-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
