@@ -87,6 +87,12 @@ def _finite_range(values: torch.Tensor, source: torch.Tensor, name: str) -> tupl
     return low, high
 
 
+def site_inputs(image: torch.Tensor, prior: torch.Tensor, sites) -> torch.Tensor:
+    """The refiner's (N, 4) input at each site: the normalized BGR image and the prior in [-1, 1]."""
+    y, x = sites.coords[:, 0], sites.coords[:, 1]
+    return torch.cat([image[0, :, y, x], (prior[0, :, y, x] - 0.5) / 0.5]).T.contiguous()
+
+
 def normalize(frame_rgb: torch.Tensor) -> torch.Tensor:
     """(H, W, 3) float32 RGB, display-encoded -> (1, 3, H, W) BGR in [-1, 1], as the model was trained:
     (x - 0.5) / 0.5 of x clipped to [0, 1], computed as 2x - 1 (the same float32 values).
@@ -282,8 +288,7 @@ class Matter:
         sites = plan.sites
         if sites.count == 0:
             return torch.zeros_like(prior)
-        y, x = sites.coords[:, 0], sites.coords[:, 1]
-        inputs = torch.cat([image[0, :, y, x], (prior[0, :, y, x] - 0.5) / 0.5]).T.contiguous()
+        inputs = site_inputs(image, prior, sites)
         with plan.running():
             alpha = self.model.shm(inputs.to(self.dtype), plan, context.to(self.dtype), prior.to(self.dtype))
         return sites.scatter(alpha.float())[None, None]
