@@ -142,17 +142,18 @@ class SparseDecoder(nn.Module):
     def forward(self, image_rgb01, half, quarter, deepest, plan, side_outputs: bool = False):
         """Alpha per full-resolution site; with ``side_outputs``, also the alphas per site of the
         1/4, 1/2 and full-resolution levels' decoder features (conv_p8x, conv_p4x, conv_p2x)."""
-        eighth = self._up(self.conv_up1, deepest, plan)
-        quarter_up = self._up(self.conv_up2, torch.cat([eighth, quarter], dim=1), plan)
-        x = half_up = self._up(self.conv_up3, torch.cat([quarter_up, half], dim=1), plan)
+        at_quarter = self._up(self.conv_up1, deepest, plan)
+        at_half = self._up(self.conv_up2, torch.cat([at_quarter, quarter], dim=1), plan)
+        x = at_full = self._up(self.conv_up3, torch.cat([at_half, half], dim=1), plan)
         x = torch.cat([x, image_rgb01], dim=1)
         for layer in self.conv_up4_alpha:
             x = layer(x, plan) if isinstance(layer, SparseConv) else layer(x)
         alpha = torch.sigmoid(x[:, 0])
         if not side_outputs:
             return alpha
+        # through a sigmoid as the alpha is (our reading: the label they meet is an alpha in [0, 1])
         sides = [torch.sigmoid(head(features, plan)[:, 0]) for head, features in
-                 ((self.conv_p8x, eighth), (self.conv_p4x, quarter_up), (self.conv_p2x, half_up))]
+                 ((self.conv_p8x, at_quarter), (self.conv_p4x, at_half), (self.conv_p2x, at_full))]
         return alpha, sides
 
 
