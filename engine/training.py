@@ -14,7 +14,6 @@ from .matting import normalize, site_inputs
 from .model import SparseMat
 from .model.backends import TorchPlan
 from .model.lpn import resize_like
-from .model.sparse import site_levels
 from .validation import prior_input_size
 
 
@@ -37,8 +36,7 @@ def sample_loss(model: SparseMat, frame_rgb: torch.Tensor, alpha: torch.Tensor, 
     prior = resize_like(prior_lr, image)
     plan = TorchPlan(mask, model.shm.rules)
     alpha_sites, sides = model.shm(site_inputs(image, prior, plan.sites), plan, context, prior, side_outputs=True)
-    levels = site_levels(mask, 2)
-    outputs = [levels[level].scatter(values)[None, None] for level, values in zip((2, 1, 0), sides)]
+    outputs = [plan.levels[level].scatter(values)[None, None] for level, values in zip((2, 1, 0), sides)]
     outputs.append(plan.sites.scatter(alpha_sites)[None, None])
     return refiner_loss(outputs, alpha[None, None], band[None, None].float(), channels_first(frame_rgb),
                         channels_first(foreground), channels_first(background))

@@ -37,7 +37,7 @@ class TorchPlan:
     many rules, so a GPU never waits on the host in between."""
 
     def __init__(self, mask: torch.Tensor, rules):
-        levels = site_levels(mask, depth(rules))
+        self.levels = levels = site_levels(mask, depth(rules))  # the full resolution's sites, then each level below
         self.sites = levels[0]
         steps: dict[int, Downsample] = {}
         maps = {}
