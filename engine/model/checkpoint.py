@@ -10,12 +10,11 @@ and the first offending keys: a partial load would give a silently wrong matte.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import OrderedDict
 
 import torch
 
+from sparsemat.plugin.files import replacing
 from ..validation import checkpoint_problem
 
 # Keys the published checkpoint carries that inference never uses (a training-only head).
@@ -132,14 +131,5 @@ def save_published(path: str, state: dict, extra: dict | None = None) -> None:
     or ``{"state_dict": state, **extra}`` when there is more to keep (a training run's optimizer
     and step), which both the published loader's ``state_dict`` unwrapping and ours read."""
     payload = dict(state) if not extra else {"state_dict": state, **extra}
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".sparsemat-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with replacing(path) as temporary:
+        torch.save(payload, temporary)
