@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from .validation import EXIT_FAILED, EXIT_USAGE, UsageError, checkpoint_problem, device_name
+from .validation import EXIT_FAILED, EXIT_USAGE, UsageError, checkpoint_file, device_name
 
 
 def _positive_int(text: str) -> int:
@@ -183,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .benchmark import add_benchmark_command
     from .evaluate import add_eval_command
+    from .train_command import add_train_commands
 
     add_eval_command(commands)
     add_benchmark_command(commands, _device)
+    add_train_commands(commands, _positive_int, _positive, _device)
     return parser
 
 
@@ -199,7 +201,7 @@ def run_engine_command(args) -> int:
     if args.action in ("start", "serve"):
         from .config import EngineConfig
 
-        checkpoint = _checkpoint_file(args.checkpoint)
+        checkpoint = checkpoint_file(args.checkpoint)
         config = EngineConfig(address, checkpoint, args.device, args.memory_budget, args.stream_idle_timeout,
                               args.exit_when_idle, args.half_precision, args.allow_remote,
                               tuple(os.path.realpath(folder) for folder in args.allow_files_under))
@@ -212,16 +214,6 @@ def run_engine_command(args) -> int:
     if args.action == "stop":
         return daemon.stop(address)
     return daemon.status(address, as_json=args.json)
-
-
-def _checkpoint_file(path: str | None) -> str | None:
-    """The checkpoint as an absolute path, checked to be a file before anything starts."""
-    if not path:
-        return None
-    problem = checkpoint_problem(path)
-    if problem:
-        raise UsageError(problem)
-    return os.path.abspath(path)
 
 
 def _add_guide_arguments(command) -> None:

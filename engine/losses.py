@@ -20,6 +20,7 @@ COMPOSITION_WEIGHT = 0.5
 TRAIN_BAND_KERNELS = (3, 9)  # the structuring element's size, drawn uniformly, inclusive
 TRAIN_BAND_ITERATIONS = (1, 15)
 VALIDATION_BAND = (5, 5)  # kernel size, iterations
+VALIDATION_LONG_SIDE = 1280  # the validation band is made at this size, as published
 
 
 def unknown_band(alpha: np.ndarray, kernel_size: int, iterations: int) -> np.ndarray:
@@ -36,6 +37,17 @@ def random_unknown_band(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarr
     kernel_size = int(rng.integers(TRAIN_BAND_KERNELS[0], TRAIN_BAND_KERNELS[1] + 1))
     iterations = int(rng.integers(TRAIN_BAND_ITERATIONS[0], TRAIN_BAND_ITERATIONS[1] + 1))
     return unknown_band(alpha, kernel_size, iterations)
+
+
+def validation_band(alpha: np.ndarray) -> np.ndarray:
+    """The fixed validation band, made on the alpha resized to ``VALIDATION_LONG_SIDE`` on its long
+    side and brought back to the alpha's size by the nearest pixel."""
+    height, width = alpha.shape
+    ratio = VALIDATION_LONG_SIDE / max(height, width)
+    small = cv2.resize(alpha, (max(1, round(width * ratio)), max(1, round(height * ratio))),
+                       interpolation=cv2.INTER_LINEAR)
+    band = unknown_band(small, *VALIDATION_BAND)
+    return cv2.resize(band, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
 def charbonnier(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

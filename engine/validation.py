@@ -119,6 +119,17 @@ def checkpoint_problem(path: str) -> str | None:
     return None
 
 
+def checkpoint_file(path: str | None) -> str | None:
+    """A checkpoint given on the command line as an absolute path, checked to be a file before
+    anything starts (UsageError); None when none is given."""
+    if not path:
+        return None
+    problem = checkpoint_problem(path)
+    if problem:
+        raise UsageError(problem)
+    return os.path.abspath(path)
+
+
 def device_name(text: str) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked as text (whether the device exists is
     known only once torch loads); ValueError otherwise."""

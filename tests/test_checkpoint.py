@@ -104,7 +104,8 @@ def test_a_trained_model_saves_in_the_published_layout_and_loads_back(tmp_path, 
     every tensor of the trained model back exactly through --checkpoint's loader."""
     from sparsemat.engine.model.checkpoint import published_state, read_published, save_published
 
-    base = read_published(str(seed1_checkpoint))
+    base, record = read_published(str(seed1_checkpoint))
+    assert record is None
     model = SparseMat.from_checkpoint(str(seed1_checkpoint))
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
@@ -113,6 +114,7 @@ def test_a_trained_model_saves_in_the_published_layout_and_loads_back(tmp_path, 
     path = tmp_path / "trained.pth"
     extra = {"step": 7, "optimizer": {"state": {}, "param_groups": []}} if with_training_state else None
     save_published(str(path), published_state(model, base), extra)
+    assert read_published(str(path))[1] == extra
     assert [p.name for p in tmp_path.iterdir()] == ["trained.pth"]  # no temporary left behind
 
     payload = torch.load(path, weights_only=True)

@@ -25,6 +25,9 @@ UNUSED_PREFIXES = ("lpn.aux_head.",)
 # it only ever reads the first 3*3*64*64 numbers; we read them the same way.
 SPCONV1_OVERSIZED = ("shm.backbone.layer1.0.conv1.weight", "shm.backbone.layer1.0.downsample.0.weight")
 
+# Where a checkpoint written by ``sparsemat train`` or ``finetune`` keeps its run's record.
+TRAINING_RECORD = "sparsemat_training"
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
@@ -121,15 +124,19 @@ def published_state(model: torch.nn.Module, base: dict) -> OrderedDict:
     return out
 
 
-def read_published(path: str) -> OrderedDict:
-    """A published-format checkpoint's state_dict, unwrapped (raises CheckpointError)."""
-    return _unwrap(_read(path))
+def read_published(path: str) -> tuple[OrderedDict, dict | None]:
+    """A published-format checkpoint's state_dict, unwrapped, and the training run's record that
+    ``save_published`` kept beside it (None in a plain checkpoint); raises CheckpointError."""
+    payload = _read(path)
+    record = payload.get(TRAINING_RECORD) if isinstance(payload.get("state_dict"), dict) else None
+    return _unwrap(payload), record if isinstance(record, dict) else None
 
 
-def save_published(path: str, state: dict, extra: dict | None = None) -> None:
+def save_published(path: str, state: dict, record: dict | None = None) -> None:
     """Write ``state`` (a published-layout state_dict) to ``path`` atomically: a plain state_dict,
-    or ``{"state_dict": state, **extra}`` when there is more to keep (a training run's optimizer
-    and step), which both the published loader's ``state_dict`` unwrapping and ours read."""
-    payload = dict(state) if not extra else {"state_dict": state, **extra}
+    or ``{"state_dict": state, TRAINING_RECORD: record}`` when there is more to keep (a training
+    run's optimizer and step), which both the published loader's ``state_dict`` unwrapping and
+    ours read."""
+    payload = dict(state) if not record else {"state_dict": state, TRAINING_RECORD: record}
     with replacing(path) as temporary:
         torch.save(payload, temporary)

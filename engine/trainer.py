@@ -1,0 +1,298 @@
+"""Training runs: ``sparsemat train`` on a dataset with the published recipe, and ``sparsemat
+finetune`` on a shot's keyframes (docs/TRAINING.md). No argparse here: a host's "train on
+keyframes" action calls ``finetune`` as the command does.
+
+A run's checkpoint is the published layout (``--checkpoint`` and the published code load it)
+with the run's record beside it: the step, the epoch, the optimizer's state and the recipe, so
+``train --resume`` continues the step count and the learning-rate schedule where it stopped.
+Every write replaces the file atomically; an interrupted run keeps its last checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .imageio import ImageReadError, read_alpha, read_rgb
+from .losses import validation_band
+from .matting import Matter
+from .metrics import CONVENTIONS, connectivity_error, gradient_error, mse, sad
+from .model import CheckpointError, SparseMat
+from .model.checkpoint import published_state, read_published, save_published
+from .training import (MIN_BAND_PIXELS, Patch, crop, freeze_prior, patch_in_view, refiner_optimiser,
+                       set_learning_rate, train_step, trainable, whole_frame)
+from .training_data import Dataset, DatasetError, Recipe, band_crop, load_example, published_patch
+
+ERRORS = {"sad": sad, "mse": mse, "grad": gradient_error, "conn": connectivity_error}
+
+
+class TrainingError(ValueError):
+    """A run that cannot start or go on; the message says why."""
+
+
+def matte_errors(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    """SAD, MSE, gradient and connectivity errors, scaled as ``sparsemat eval`` reports them."""
+    scaling = CONVENTIONS["ours"].scaling
+    return {name: function(pred, truth, mask) * scaling[name] for name, function in ERRORS.items()}
+
+
+def describe_errors(errors: dict[str, float]) -> str:
+    labels = CONVENTIONS["ours"].labels
+    return ", ".join(f"{labels[name]} {value:.4f}" for name, value in errors.items())
+
+
+def _load_model(path: str, device: torch.device) -> SparseMat:
+    try:
+        model = SparseMat.from_checkpoint(path)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from exc
+    freeze_prior(model)
+    return model.to(device)
+
+
+def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def _matte(model: SparseMat, device: torch.device, frame: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+    """The frame matted as ``sparsemat matte`` would (evaluation mode), the model left training."""
+    try:
+        alpha, _, _ = Matter(model, device=device).matte(torch.from_numpy(frame), prior=_tensor(prior, torch.device("cpu")))
+        return alpha.cpu().numpy()
+    finally:
+        freeze_prior(model)
+
+
+@dataclass
+class TrainRun:
+    """Where a ``train`` run stands: saved in its checkpoint's record."""
+
+    recipe: Recipe
+    seed: int
+    dataset: str
+    step: int = 0
+    epoch: int = 0  # the epoch under way
+    step_in_epoch: int = 0  # steps of it done
+    losses: list = field(default_factory=list)  # the epoch under way's, a step each
+    history: list = field(default_factory=list)  # one entry per finished epoch
+
+    def record(self, optimiser: torch.optim.Optimizer) -> dict:
+        return {"kind": "train", "recipe": asdict(self.recipe), "seed": self.seed, "dataset": self.dataset,
+                "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "losses": self.losses,
+                "history": self.history, "optimizer": optimiser.state_dict()}
+
+
+def recipe_from_record(record: dict) -> Recipe:
+    values = dict(record["recipe"])
+    values["betas"], values["patch_crops"] = tuple(values["betas"]), tuple(values["patch_crops"])
+    return Recipe(**values)
+
+
+def train(dataset: Dataset, out: str, recipe: Recipe, base: str | None = None, resume: bool = False,
+          validation: Dataset | None = None, device: torch.device = torch.device("cpu"), seed: int = 0,
+          colourspace: str | None = None, max_steps: int | None = None, save_every: int = 0,
+          progress: bool = True, log: Callable[[str], None] = print) -> TrainRun:
+    """Train the refiner on ``dataset`` from ``base`` (a published-format checkpoint with a trained
+    prior network), or, with ``resume``, from ``out``'s own state. Each epoch's batches are in an
+    order drawn from (seed, epoch) and each patch from (seed, epoch, sample), so a resumed run
+    draws what the uninterrupted one would have. ``max_steps`` stops early (a smoke run); the
+    checkpoint is written at the end of every epoch, every ``save_every`` steps, and on stopping."""
+    if resume:
+        state, record = _read(out)
+        if record is None or record.get("kind") != "train":
+            raise TrainingError(f"{out} holds no training run to resume (it was not written by sparsemat train)")
+        run = TrainRun(recipe, record["seed"], record["dataset"], record["step"], record["epoch"],
+                       record["step_in_epoch"], list(record["losses"]), list(record["history"]))
+        model = _load_model(out, device)
+    else:
+        if base is None:
+            raise TrainingError("give --checkpoint BASE: the refiner trains on a pretrained, frozen prior network")
+        state, _ = _read(base)
+        run = TrainRun(recipe, seed, dataset.source)
+        model = _load_model(base, device)
+    optimiser = refiner_optimiser(model, recipe.learning_rate, recipe.betas)
+    if resume:
+        optimiser.load_state_dict(record["optimizer"])
+    steps_per_epoch = math.ceil(len(dataset) / recipe.batch)
+    total = recipe.epochs * steps_per_epoch
+    if run.step >= total:
+        log(f"sparsemat: {out} has finished its {recipe.epochs} epochs ({run.step} steps): nothing to do")
+        return run
+
+    def save() -> None:
+        save_published(out, published_state(model, state), run.record(optimiser))
+
+    bar = tqdm(total=total, initial=run.step, unit="step", disable=not progress or None, file=sys.stderr,
+               dynamic_ncols=True)
+    started, done_here, first_step = time.perf_counter(), 0, run.step
+    try:
+        while run.epoch < recipe.epochs:
+            set_learning_rate(optimiser, recipe.learning_rate_at(run.epoch))
+            order = np.random.default_rng([run.seed, run.epoch]).permutation(len(dataset))
+            while run.step_in_epoch < steps_per_epoch:
+                batch = order[run.step_in_epoch * recipe.batch:(run.step_in_epoch + 1) * recipe.batch]
+                patches = [_dataset_patch(model, dataset, int(index), run, colourspace, device) for index in batch]
+                patches = [patch for patch in patches if patch is not None]
+                loss = train_step(model, optimiser, patches) if patches else float("nan")
+                run.losses.append(loss)
+                run.step += 1
+                run.step_in_epoch += 1
+                done_here += len(patches)
+                bar.update(1)
+                bar.set_postfix(epoch=run.epoch + 1, loss=f"{loss:.4f}", lr=f"{optimiser.param_groups[0]['lr']:.1e}",
+                                patches_per_s=f"{done_here / (time.perf_counter() - started):.2f}")
+                if max_steps is not None and run.step >= max_steps:
+                    return run
+                if save_every and run.step % save_every == 0:
+                    save()
+            trained = [loss for loss in run.losses if not math.isnan(loss)]
+            entry = {"epoch": run.epoch + 1, "step": run.step,
+                     "loss": sum(trained) / len(trained) if trained else None}
+            loss_text = "-" if entry["loss"] is None else f"{entry['loss']:.4f}"
+            summary = f"sparsemat: epoch {run.epoch + 1}: mean loss {loss_text}"
+            if validation is not None:
+                entry["validation"] = validate(model, validation, device, colourspace)
+                summary += f"; validation on {len(validation)} image(s): {describe_errors(entry['validation'])}"
+            log(summary)
+            run.history.append(entry)
+            run.epoch, run.step_in_epoch, run.losses = run.epoch + 1, 0, []
+            save()
+        return run
+    finally:
+        bar.close()
+        if run.epoch < recipe.epochs and run.step > first_step:  # stopped early: keep what was done
+            save()
+
+
+def _read(path: str):
+    try:
+        return read_published(path)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from exc
+
+
+def _dataset_patch(model: SparseMat, dataset: Dataset, index: int, run: TrainRun, colourspace: str | None,
+                   device: torch.device) -> Patch | None:
+    """Sample ``index``'s patch of this epoch; None when its band is (almost) empty: an alpha with
+    no soft edge there has nothing to teach."""
+    rng = np.random.default_rng([run.seed, run.epoch, index])
+    arrays = published_patch(load_example(dataset, index, rng, colourspace), run.recipe, rng)
+    if np.count_nonzero(arrays.band) < MIN_BAND_PIXELS:
+        return None
+    return patch_in_view(model, _tensor(arrays.view, device), _tensor(arrays.image, device),
+                         _tensor(arrays.alpha, device), _tensor(arrays.band, device), arrays.box,
+                         _tensor(arrays.foreground, device), _tensor(arrays.background, device))
+
+
+def validate(model: SparseMat, dataset: Dataset, device: torch.device, colourspace: str | None = None) -> dict:
+    """The mean errors of the model's mattes of ``dataset``'s images, on each one's validation band."""
+    totals: dict[str, float] = {}
+    for index in range(len(dataset)):
+        example = load_example(dataset, index, np.random.default_rng(index), colourspace)
+        errors = matte_errors(_matte(model, device, example.image), example.alpha,
+                              validation_band(example.alpha) > 0)
+        for name, value in errors.items():
+            totals[name] = totals.get(name, 0.0) + value / len(dataset)
+    return totals
+
+
+@dataclass
+class FinetuneReport:
+    steps: int
+    seconds: float
+    held_out_before: dict[int, dict] = field(default_factory=dict)
+    held_out_after: dict[int, dict] = field(default_factory=dict)
+    losses: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """A frame of the shot with an artist's matte: its plate, matte and, when given, coarse prior."""
+
+    frame: int
+    plate: str
+    alpha: str
+    prior: str | None = None
+
+    def read(self, colourspace: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        try:
+            plate = read_rgb(self.plate, colourspace)
+            alpha = np.clip(read_alpha(self.alpha), 0.0, 1.0)
+            prior = None if self.prior is None else read_alpha(self.prior)
+        except ImageReadError as exc:
+            raise TrainingError(f"keyframe {self.frame}: {exc}") from exc
+        if alpha.shape != plate.shape[:2]:
+            raise TrainingError(f"keyframe {self.frame}: the matte {self.alpha} is {alpha.shape[1]}x{alpha.shape[0]}, "
+                                f"the plate {self.plate} {plate.shape[1]}x{plate.shape[0]}: they must be the same size")
+        return plate, alpha, prior
+
+
+def finetune(keyframes: list[Keyframe], base: str, out: str, held_out: list[Keyframe] = (), steps: int = 300,
+             minutes: float | None = None, crop_size: int = 512, batch: int = 2, learning_rate: float = 1e-4,
+             seed: int = 0, device: torch.device = torch.device("cpu"), colourspace: str | None = None,
+             progress: bool = True) -> FinetuneReport:
+    """Adapt ``base``'s refiner to a shot: each step trains on ``batch`` crops of ``crop_size``
+    pixels, each centred in the band inference refines on one keyframe (drawn at random), with
+    the prior inference would use (the given prior, else the network's), until ``steps`` or
+    ``minutes`` runs out. The held-out keyframes are matted before and after; ``out`` gets the
+    adapted model in the published layout."""
+    if not keyframes:
+        raise TrainingError("give at least one keyframe (--keyframe N=ALPHA) to fine-tune on")
+    model = _load_model(base, device)
+    state, _ = _read(base)
+    rng = np.random.default_rng(seed)
+    report = FinetuneReport(0, 0.0)
+    for key in held_out:
+        plate, alpha, prior = key.read(colourspace)
+        report.held_out_before[key.frame] = matte_errors(_matte(model, device, plate, prior), alpha)
+    frames, bands = [], []
+    for key in keyframes:
+        plate, alpha, prior = key.read(colourspace)
+        frame = whole_frame(model, _tensor(plate, device), _tensor(alpha, device), _tensor(prior, device))
+        band = frame.band.cpu().numpy()
+        if not band.any():
+            raise TrainingError(f"keyframe {key.frame}: its prior has no uncertain band, so inference refines "
+                                f"nothing there and there is nothing to fine-tune on")
+        frames.append(frame)
+        bands.append(band)
+    optimiser = refiner_optimiser(model, learning_rate, (0.9, 0.999))
+    deadline = None if minutes is None else time.monotonic() + minutes * 60
+    started = time.perf_counter()
+    bar = tqdm(total=steps, unit="step", disable=not progress or None, file=sys.stderr, dynamic_ncols=True)
+    try:
+        while report.steps < steps and (deadline is None or time.monotonic() < deadline):
+            patches = []
+            for _ in range(batch):
+                pick = int(rng.integers(len(frames)))
+                top, left, size = band_crop(bands[pick], crop_size, rng)
+                patch = crop(frames[pick], top, left, size, flip=bool(rng.random() < 0.5))
+                if trainable(patch):
+                    patches.append(patch)
+            if patches:
+                report.losses.append(train_step(model, optimiser, patches))
+            report.steps += 1
+            bar.update(1)
+            if report.losses:
+                bar.set_postfix(loss=f"{report.losses[-1]:.4f}")
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    for key in held_out:
+        plate, alpha, prior = key.read(colourspace)
+        report.held_out_after[key.frame] = matte_errors(_matte(model, device, plate, prior), alpha)
+    record = {"kind": "finetune", "base": os.path.abspath(base), "steps": report.steps, "seed": seed,
+              "keyframes": {key.frame: key.alpha for key in keyframes}, "crop": crop_size, "batch": batch,
+              "learning_rate": learning_rate, "held_out_before": report.held_out_before,
+              "held_out_after": report.held_out_after}
+    save_published(out, published_state(model, state), record)
+    return report
+
+
+__all__ = ["DatasetError", "Keyframe", "Recipe", "TrainingError", "finetune", "train", "validate"]
