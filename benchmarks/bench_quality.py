@@ -35,8 +35,8 @@ def timed(*args: str) -> tuple[float, str]:
     return time.perf_counter() - start, result.stdout
 
 
-def evaluate(pattern: str, truth: str) -> dict:
-    return json.loads(sparsemat("eval", pattern, truth, "--json").stdout)["mean"]
+def evaluate(pattern: str, truth: str, *options: str) -> dict:
+    return json.loads(sparsemat("eval", pattern, truth, "--json", *options).stdout)["mean"]
 
 
 def upsampled_prior(folder: str, frames: int) -> str:

@@ -16,7 +16,8 @@ Checks (each a row with ok / FAILED / skipped and its figures; exit status 1 whe
 then times, on the synthetic plate of ``bench_engine.py`` at each size: one frame alone (host to
 host: a numpy frame in, a numpy alpha out), the same frame again with its state (a static shot),
 and the temporal pair (a small region moved); peak device memory per size; and the round trip of
-one 1080p frame through a real engine process over each transport (inline, shm, file).
+one 1080p frame through a real engine process over each transport (inline, shm, file); and one
+fine-tuning step at the first size (its loss against the CPU's, its time and memory).
 
 It needs only torch and numpy (plus pyzmq, OpenImageIO and opencolorio for the engine round
 trips, which are skipped without them). Run it from the source tree: without an installed
@@ -244,6 +245,46 @@ def time_sizes(report: Report, load, device: str, sizes, repeats: int) -> None:
             print(f"   {label}: {what}: {ms:,.1f} ms, active {stats.active_fraction:.2%}", flush=True)
 
 
+def time_training(report: Report, load, device: str, repeats: int, size: tuple[str, tuple[int, int]]) -> None:
+    """One fine-tuning step (two 512-px crops of the synthetic plate's band, forward and backward),
+    its loss on the device against the CPU's, and its time."""
+    import torch
+
+    sys.path.insert(0, HERE)
+    from bench_engine import PRIOR_BLUR, make_plate, make_prior
+
+    from sparsemat.engine.training import crop, freeze_prior, patch_loss, refiner_optimiser, train_step, whole_frame
+
+    label, (height, width) = size
+    plate, truth, _ = make_plate(height, width)
+    prior = make_prior(truth, blur=PRIOR_BLUR)
+    side = min(512, height, width)
+    losses, model, patches = {}, None, []
+    for where in dict.fromkeys(("cpu", device)):  # the CPU first, then the device (once when it is the CPU)
+        model = load()
+        freeze_prior(model)
+        model.to(where)
+        frame = whole_frame(model, plate.to(where), truth.to(where), prior.to(where))
+        ys, xs = torch.nonzero(frame.band.cpu() > 0, as_tuple=True)
+        top = int(min(max(ys.median() - side // 2, 0), height - side))
+        left = int(min(max(xs.median() - side // 2, 0), width - side))
+        patches = [crop(frame, top, left, side), crop(frame, top, left, side, flip=True)]
+        losses[where] = patch_loss(model, patches[0]).item()
+    if device != "cpu":
+        difference = abs(losses[device] - losses["cpu"]) / abs(losses["cpu"])
+        report.check("training loss vs the CPU", difference <= 1e-3,
+                     f"{losses[device]:.6f} against {losses['cpu']:.6f} (relative {difference:.1e})")
+    optimiser = refiner_optimiser(model, 1e-4, (0.9, 0.999))
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    ms, _ = _timed(device, lambda: train_step(model, optimiser, patches), repeats)
+    sites = int(sum(torch.count_nonzero(patch.band) for patch in patches))
+    memory = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.startswith("cuda") else "-"
+    report.timings.append({"plate": label, "what": f"fine-tune step (2 crops of {side} px, forward and backward)",
+                           "ms": ms, "memory": memory, "active": f"{sites:,} band pixels"})
+    print(f"   {label}: fine-tune step: {ms:,.1f} ms, {sites:,} band pixels", flush=True)
+
+
 def time_engine(report: Report, checkpoint: str, device: str, repeats: int, size: tuple[str, tuple[int, int]]) -> None:
     """Round trips of one frame through a real engine process, over each transport."""
     try:
@@ -342,6 +383,7 @@ def main(argv=None) -> int:
     check_backends(report, load, args.device, reference)
     check_guided(report, args.device, reference)
     time_sizes(report, load, args.device, sizes, repeats)
+    time_training(report, load, args.device, repeats, sizes[0])
     time_engine(report, checkpoint, args.device, repeats, sizes[0])
     report.notes.append(f"the whole check took {time.perf_counter() - started:.0f} s")
     text = report.markdown(header)

@@ -90,7 +90,7 @@ def add_train_commands(commands, positive_int, positive, device_type) -> None:
                        help=f"each patch is resized to this (default {recipe.patch_size})")
     train.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                        help="mirror patches at random (default on)")
-    train.add_argument("--seed", type=int, default=0, help="seeds the data order and patches (default 0)")
+    train.add_argument("--seed", type=int, help="seeds the data order and patches (default 0; a resumed run keeps its own)")
     train.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N steps in all (a trial run)")
     train.add_argument("--save-every", type=positive_int, metavar="STEPS",
                        help="also write the checkpoint every so many steps (default: at each epoch's end)")
@@ -149,7 +149,10 @@ def _recipe(args, stored: dict | None):
 
 
 def _config_values(path: str, types: dict) -> dict:
-    import tomllib
+    try:
+        import tomllib
+    except ImportError as exc:  # Python 3.10
+        raise UsageError("--config needs Python 3.11 or later (its tomllib); give the values as flags") from exc
 
     try:
         with open(path, "rb") as file:
@@ -206,6 +209,12 @@ def run_train(args) -> int:
         if record is None or record.get("kind") != "train":
             raise UsageError(f"--resume: {out} holds no sparsemat train run to continue")
         stored = record["recipe"]
+        if args.seed is not None and args.seed != record["seed"]:
+            raise UsageError(f"--resume: the run in {out} was seeded {record['seed']}: its order and patches cannot "
+                             f"change mid-run (leave out --seed)")
+        if args.batch is not None and args.batch != stored["batch"]:
+            raise UsageError(f"--resume: the run in {out} has batches of {stored['batch']}: its steps cannot change "
+                             f"mid-run")
     elif os.path.exists(out):
         raise UsageError(f"--out {out} exists: give --resume to continue its run, or another --out")
     else:
@@ -221,7 +230,7 @@ def run_train(args) -> int:
         refuse_overwriting([out], [name for entry in entries for name in vars(entry).values() if name], "--out")
         device = resolve_device(args.device)
         run = train(dataset, out, recipe, base=None if args.resume else base, resume=args.resume,
-                    validation=validation, device=device, seed=args.seed, colourspace=args.colourspace,
+                    validation=validation, device=device, seed=args.seed or 0, colourspace=args.colourspace,
                     max_steps=args.max_steps, save_every=args.save_every or 0, progress=not args.quiet,
                     log=lambda line: print(line, file=sys.stderr))
     except (DatasetError, TrainingError, ModelLoadError) as exc:

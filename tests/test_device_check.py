@@ -20,5 +20,6 @@ def test_the_device_check_runs_on_the_cpu(tmp_path):
                 "| float16 network vs float32 | skipped | needs CUDA |", "| engine round trips | ok |"):
         assert row in table, row
     for measurement in ("one frame, host to host", "static shot", "temporal pair", "engine round trip, inline",
-                        "engine round trip, shm", "engine round trip, file"):
+                        "engine round trip, shm", "engine round trip, file",
+                        "fine-tune step (2 crops of 64 px, forward and backward)"):
         assert f"| 64x96 | {measurement}" in table, measurement

@@ -135,6 +135,20 @@ def test_each_dataset_layout_trains(dataset, tmp_path, seed1_checkpoint, layout)
     assert record(out)["step"] == 1
 
 
+def test_a_config_file_gives_recipe_values_and_flags_win(dataset, tmp_path, seed1_checkpoint):
+    config = tmp_path / "recipe.toml"
+    config.write_text('epochs = 1\nlearning-rate = 5e-4\nbatch = 3\n')
+    out = tmp_path / "run.pth"
+    result = train(dataset, "--checkpoint", seed1_checkpoint, "--out", out, "--config", config)  # SMALL has --batch 2
+    assert result.returncode == 0, result.stderr
+    made = record(out)
+    assert (made["recipe"]["epochs"], made["recipe"]["learning_rate"], made["recipe"]["batch"]) == (1, 5e-4, 2)
+    assert made["step"] == 2
+    config.write_text('epochs = 1\nlearning_rat = 5e-4\n')
+    wrong = train(dataset, "--checkpoint", seed1_checkpoint, "--out", tmp_path / "other.pth", "--config", config)
+    assert wrong.returncode == 2 and "unknown key 'learning_rat'" in wrong.stderr
+
+
 @pytest.mark.parametrize("case, expected", [
     ("empty list", "has no samples"),
     ("a line of three names", "line 2: expected image,alpha or image,alpha,fg,bg"),
