@@ -235,6 +235,9 @@ def run_train(args) -> int:
                     log=lambda line: print(line, file=sys.stderr))
     except (DatasetError, TrainingError, ModelLoadError) as exc:
         raise UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print(f"sparsemat: interrupted; {out} keeps the steps done (if any): continue with --resume", file=sys.stderr)
+        return 130
     print(f"wrote {out}: step {run.step}, epoch {min(run.epoch + (run.step_in_epoch > 0), recipe.epochs)} of "
           f"{recipe.epochs}" + (f"; continue with --resume" if run.epoch < recipe.epochs else ""))
     return 0
