@@ -53,9 +53,10 @@ def check_guides(frames: list, **guides: Pattern | None) -> None:
                          f"its {what} (the first would be {guide.path(frames[0])})")
 
 
-def keyframe_alphas(values: list[str] | None, source: Pattern) -> dict:
-    """--keyframe-alpha's values (``N=PATH``, or a pattern naming the keyframes whose files exist)
-    as frame -> file; UsageError for a keyframe whose plate is not on disk or a value that says
+def keyframe_alphas(values: list[str] | None, source: Pattern, flag: str = "--keyframe-alpha",
+                    what: str = "keyframe") -> dict:
+    """``flag``'s values (``N=PATH``, or a pattern naming the keyframes whose files exist) as frame
+    -> file; UsageError for a frame (a ``what``) whose plate is not on disk or a value that says
     neither."""
     from .sequence import find_frames
 
@@ -68,21 +69,21 @@ def keyframe_alphas(values: list[str] | None, source: Pattern) -> dict:
         try:
             pattern = parse_pattern(value)
         except SequenceError as exc:
-            raise UsageError(f"--keyframe-alpha: {exc}") from exc
+            raise UsageError(f"{flag}: {exc}") from exc
         if not pattern.is_sequence:
-            raise UsageError(f"--keyframe-alpha takes N=PATH or a sequence pattern, not {value!r}")
+            raise UsageError(f"{flag} takes N=PATH or a sequence pattern, not {value!r}")
         try:
             found = find_frames(pattern)
         except SequenceError:
             found = []
         if not found:
-            raise UsageError(f"--keyframe-alpha '{value}' names no file")
+            raise UsageError(f"{flag} '{value}' names no file")
         keys.update((frame, pattern.path(frame)) for frame in found)
     for frame, path in sorted(keys.items()):
         if not os.path.isfile(source.path(frame)):
-            raise UsageError(f"keyframe {frame} is outside the plate's frames: {source.path(frame)} does not exist")
+            raise UsageError(f"{what} {frame} is outside the plate's frames: {source.path(frame)} does not exist")
         if not os.path.isfile(path):
-            raise UsageError(f"--keyframe-alpha file not found: {path}")
+            raise UsageError(f"{flag} file not found: {path}")
     return keys
 
 

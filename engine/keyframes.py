@@ -7,14 +7,16 @@ flow between consecutive plates (OpenCV's DIS flow on the luma, no learned weigh
 composing it, so each frame knows where each of its pixels was on the keyframe: the keyframe's
 matte sampled there is the chain's carried matte, moved once, never re-sampled frame after
 frame. Each step also measures how far the flow back undoes the flow forward, and a chain's
-confidence in a pixel is the product of those agreements along the way (``CONSISTENCY_PX``).
+confidence in a pixel is the product of those agreements along the way (``CONSISTENCY_PX``;
+none for a pixel that came from beyond the frame's edge).
 Between two keyframes the frame's prior is the two carried mattes blended by distance
 (``(k2 - t) / (k2 - k1)`` of the forward one) times each chain's confidence, and the frame is
 matted once with it (band and refinement as usual). Before the first keyframe only the
 backward chain reaches, after the last only the forward one.
 
 The backward chain's carried mattes and confidences wait in memory for the forward pass (two
-float maps a frame of the segment); frames are then matted and written in order. A chain
+float maps a frame of the segment that is to be written); frames are then matted and written
+in order. A chain
 always runs from its keyframe, through frames that are not written too (a farm chunk that
 starts between keyframes), so a frame's matte does not depend on how the range is split.
 """
@@ -58,7 +60,10 @@ def flow_step(source_rgb: np.ndarray, target_rgb: np.ndarray) -> tuple[np.ndarra
     grid = np.dstack(np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)))
     origin = grid + forward
     miss = forward + _sample(backward, origin)
-    return origin, np.exp(-(miss ** 2).sum(axis=2) / CONSISTENCY_PX ** 2).astype(np.float32)
+    agreement = np.exp(-(miss ** 2).sum(axis=2) / CONSISTENCY_PX ** 2).astype(np.float32)
+    outside = (origin[..., 0] < 0) | (origin[..., 0] > width - 1) | (origin[..., 1] < 0) | (origin[..., 1] > height - 1)
+    agreement[outside] = 0.0  # came from beyond the frame: the chain has not seen it
+    return origin, agreement
 
 
 def _sample(values: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -72,8 +77,9 @@ def _sample(values: np.ndarray, where: np.ndarray) -> np.ndarray:
 def run_keyframes(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Callable[[str], None] | None = None,
                   on_frame: Callable[[int, int, str], None] | None = None) -> JobSummary:
     """``job``'s frames from its keyframe mattes (``job.keyframe_alphas``: frame -> file); the same
-    summary and errors as ``run_job``. A frame that cannot be read or matted fails, and the chains
-    through it stop there: frames beyond it take the other chain only, or fail when none reaches."""
+    summary and errors as ``run_job``. A frame that cannot be read fails, and the chains through
+    it stop there: frames beyond it take the other chain only, or fail when none reaches. A frame
+    that cannot be matted fails alone (the chains carry the keyframes' mattes, not results)."""
     from tqdm import tqdm
 
     summary = JobSummary(output=job.output.text)
@@ -119,7 +125,9 @@ def run_keyframes(job: MatteJob, matte: FrameMatter, progress: bool = True, log:
 def _segment(job, matte, before, after, frames, chains_active, done) -> None:
     """``frames``, strictly between keyframes ``before`` and ``after`` (either None at an end), in order."""
     wanted = set(frames)
-    backward = {} if after is None else dict(_carry(job, after, range(after - 1, frames[0] - 1, -1), keep=False))
+    backward = {} if after is None else {frame: carried for frame, carried in
+                                         _carry(job, after, range(after - 1, frames[0] - 1, -1), keep=False)
+                                         if frame in wanted}
     forward = ((frame, None) for frame in frames) if before is None else \
         _carry(job, before, range(before + 1, frames[-1] + 1), keep=True)
     for frame, ahead in forward:

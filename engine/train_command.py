@@ -38,6 +38,20 @@ def _numbers(kind, count: int | None = None):
     return parse
 
 
+def _betas(text: str) -> tuple[float, float]:
+    values = _numbers(float, 2)(text)
+    if not all(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"expected two numbers over 0 and under 1, got {text}")
+    return values
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed, 0 or more, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -48,7 +62,7 @@ def _fraction(text: str) -> float:
 def add_train_commands(commands, positive_int, positive, device_type) -> None:
     """Add ``train`` and ``finetune`` to an argparse subparsers object; the type functions are the
     command line's own."""
-    from .training_data import Recipe
+    from .recipe import Recipe
 
     recipe = Recipe()
     train = commands.add_parser(
@@ -71,7 +85,7 @@ def add_train_commands(commands, positive_int, positive, device_type) -> None:
     train.add_argument("--config", metavar="FILE.toml",
                        help="recipe values as TOML, keys named as the flags (learning-rate = 1e-4); flags win")
     train.add_argument("--learning-rate", type=positive, help=f"Adam's learning rate (default {recipe.learning_rate})")
-    train.add_argument("--betas", type=_numbers(float, 2), metavar="B1,B2",
+    train.add_argument("--betas", type=_betas, metavar="B1,B2",
                        help=f"Adam's betas (default {','.join(map(str, recipe.betas))})")
     train.add_argument("--epochs", type=positive_int, help=f"epochs (default {recipe.epochs})")
     train.add_argument("--decay-every", type=positive_int, metavar="EPOCHS",
@@ -90,7 +104,7 @@ def add_train_commands(commands, positive_int, positive, device_type) -> None:
                        help=f"each patch is resized to this (default {recipe.patch_size})")
     train.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                        help="mirror patches at random (default on)")
-    train.add_argument("--seed", type=int, help="seeds the data order and patches (default 0; a resumed run keeps its own)")
+    train.add_argument("--seed", type=_seed, help="seeds the data order and patches (default 0; a resumed run keeps its own)")
     train.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N steps in all (a trial run)")
     train.add_argument("--save-every", type=positive_int, metavar="STEPS",
                        help="also write the checkpoint every so many steps (default: at each epoch's end)")
@@ -113,13 +127,14 @@ def add_train_commands(commands, positive_int, positive, device_type) -> None:
     finetune.add_argument("--prior", metavar="PATTERN", help="the coarse alpha per frame matting will use, as for matte")
     finetune.add_argument("--held-out", action="append", default=[], metavar="N=ALPHA",
                           help="a matte not trained on, whose frame is matted and scored before and after")
-    finetune.add_argument("--steps", type=positive_int, default=300, help="optimiser steps (default 300)")
-    finetune.add_argument("--minutes", type=positive, help="stop after so many minutes, steps left or not")
+    finetune.add_argument("--steps", type=positive_int,
+                          help="optimiser steps (default 300, or as many as --minutes allows)")
+    finetune.add_argument("--minutes", type=positive, help="stop after so many minutes (with --steps: whichever ends first)")
     finetune.add_argument("--crop", type=positive_int, default=512, metavar="PIXELS",
                           help="square crops of the keyframes, at full resolution (default 512)")
     finetune.add_argument("--batch", type=positive_int, default=2, help="crops a step (default 2)")
     finetune.add_argument("--learning-rate", type=positive, default=1e-4, help="Adam's learning rate (default 1e-4)")
-    finetune.add_argument("--seed", type=int, default=0, help="seeds the crops (default 0)")
+    finetune.add_argument("--seed", type=_seed, default=0, help="seeds the crops (default 0)")
     _add_common(finetune, device_type)
     finetune.set_defaults(run=run_finetune)
 
@@ -132,20 +147,11 @@ def _add_common(command, device_type) -> None:
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _recipe(args, stored: dict | None):
-    """The recipe: flags, then --config, then the resumed run's, then the published defaults."""
-    from .training_data import Recipe
-
-    values = dict(stored or {})
-    if args.config:
-        values.update(_config_values(args.config, args.recipe_types))
+def _recipe_values(args) -> dict:
+    """The recipe values given: --config's, then the flags' over them."""
+    values = _config_values(args.config, args.recipe_types) if args.config else {}
     values.update({name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None})
-    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
-    recipe = Recipe(**values)
-    if recipe.rescale < recipe.crop:
-        raise UsageError(f"--rescale ({recipe.rescale}) must be at least --crop ({recipe.crop}): the prior network "
-                         f"crops its copy of each image")
-    return recipe
+    return values
 
 
 def _config_values(path: str, types: dict) -> dict:
@@ -181,7 +187,10 @@ def _config_values(path: str, types: dict) -> dict:
 
 
 def _writable(path: str, flag: str) -> str:
+    """``path`` as an absolute path, checked to be a new file in a writable folder."""
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder: name the checkpoint file to write")
     if not os.path.isdir(folder):
         raise UsageError(f"{flag}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
@@ -189,48 +198,40 @@ def _writable(path: str, flag: str) -> str:
     return os.path.abspath(path)
 
 
+def _colourspace(args) -> None:
+    from .imageio import check_colourspace
+
+    if args.colourspace is not None:
+        try:
+            check_colourspace(args.colourspace)
+        except ValueError as exc:
+            raise UsageError(f"--input-colorspace: {exc}") from exc
+
+
 def run_train(args) -> int:
     from .inputs import refuse_overwriting
     from .loading import ModelLoadError, resolve_device
-    from .model import CheckpointError
-    from .model.checkpoint import read_published
     from .trainer import TrainingError, train
     from .training_data import DatasetError, open_dataset
 
     out = _writable(args.out, "--out")
-    stored = None
-    if args.resume:
-        if not os.path.isfile(out):
-            raise UsageError(f"--resume: {out} does not exist (start the run without --resume)")
-        try:
-            record = read_published(out)[1]
-        except CheckpointError as exc:
-            raise UsageError(f"--resume: {exc}") from exc
-        if record is None or record.get("kind") != "train":
-            raise UsageError(f"--resume: {out} holds no sparsemat train run to continue")
-        stored = record["recipe"]
-        if args.seed is not None and args.seed != record["seed"]:
-            raise UsageError(f"--resume: the run in {out} was seeded {record['seed']}: its order and patches cannot "
-                             f"change mid-run (leave out --seed)")
-        if args.batch is not None and args.batch != stored["batch"]:
-            raise UsageError(f"--resume: the run in {out} has batches of {stored['batch']}: its steps cannot change "
-                             f"mid-run")
-    elif os.path.exists(out):
+    if args.resume and not os.path.isfile(out):
+        raise UsageError(f"--resume: {out} does not exist (start the run without --resume)")
+    if not args.resume and os.path.exists(out):
         raise UsageError(f"--out {out} exists: give --resume to continue its run, or another --out")
-    else:
-        base = checkpoint_file(args.checkpoint)
-        if base is None:
-            raise UsageError("give --checkpoint BASE (or set SPARSEMAT_CHECKPOINT): the refiner trains on a "
-                             "pretrained, frozen prior network")
-    recipe = _recipe(args, stored)
+    base = None if args.resume else checkpoint_file(args.checkpoint)
+    if not args.resume and base is None:
+        raise UsageError("give --checkpoint BASE (or set SPARSEMAT_CHECKPOINT): the refiner trains on a "
+                         "pretrained, frozen prior network")
+    _colourspace(args)
+    values = _recipe_values(args)
     try:
         dataset = open_dataset(args.data)
         validation = open_dataset(args.validation) if args.validation else None
         entries = dataset.entries + (validation.entries if validation else ())
         refuse_overwriting([out], [name for entry in entries for name in vars(entry).values() if name], "--out")
-        device = resolve_device(args.device)
-        run = train(dataset, out, recipe, base=None if args.resume else base, resume=args.resume,
-                    validation=validation, device=device, seed=args.seed or 0, colourspace=args.colourspace,
+        run = train(dataset, out, values, base=base, resume=args.resume, validation=validation,
+                    device=resolve_device(args.device), seed=args.seed, colourspace=args.colourspace,
                     max_steps=args.max_steps, save_every=args.save_every or 0, progress=not args.quiet,
                     log=lambda line: print(line, file=sys.stderr))
     except (DatasetError, TrainingError, ModelLoadError) as exc:
@@ -238,13 +239,14 @@ def run_train(args) -> int:
     except KeyboardInterrupt:
         print(f"sparsemat: interrupted; {out} keeps the steps done (if any): continue with --resume", file=sys.stderr)
         return 130
-    print(f"wrote {out}: step {run.step}, epoch {min(run.epoch + (run.step_in_epoch > 0), recipe.epochs)} of "
-          f"{recipe.epochs}" + (f"; continue with --resume" if run.epoch < recipe.epochs else ""))
+    epochs = run.recipe.epochs
+    print(f"wrote {out}: step {run.step}, epoch {min(run.epoch + (run.step_in_epoch > 0), epochs)} of {epochs}"
+          + ("; continue with --resume" if run.epoch < epochs else ""))
     return 0
 
 
 def run_finetune(args) -> int:
-    from .inputs import keyframe_alphas, refuse_overwriting
+    from .inputs import keyframe_alphas
     from .loading import ModelLoadError, resolve_device
     from .sequence import SequenceError, check_same_kind, parse_pattern
     from .trainer import Keyframe, TrainingError, describe_errors, finetune
@@ -253,6 +255,9 @@ def run_finetune(args) -> int:
     if base is None:
         raise UsageError("give --checkpoint BASE (or set SPARSEMAT_CHECKPOINT): the checkpoint to adapt")
     out = _writable(args.out, "--out")
+    if os.path.exists(out):
+        raise UsageError(f"--out {out} exists: name a new file (a fine-tune never replaces a checkpoint)")
+    _colourspace(args)
     try:
         plates = parse_pattern(args.plates)
         prior = parse_pattern(args.prior) if args.prior else None
@@ -262,8 +267,8 @@ def run_finetune(args) -> int:
             check_same_kind(plates, "PLATES", prior, "--prior")
     except SequenceError as exc:
         raise UsageError(str(exc)) from exc
-    keys = keyframe_alphas(args.keyframe, plates)
-    held = keyframe_alphas(args.held_out, plates) if args.held_out else {}
+    keys = keyframe_alphas(args.keyframe, plates, "--keyframe")
+    held = keyframe_alphas(args.held_out, plates, "--held-out", "held-out frame") if args.held_out else {}
     both = sorted(set(keys) & set(held))
     if both:
         raise UsageError(f"frame {both[0]} is both a --keyframe and --held-out: a held-out matte must not be trained on")
@@ -275,14 +280,16 @@ def run_finetune(args) -> int:
 
     trained = [keyframe(frame, alpha) for frame, alpha in sorted(keys.items())]
     scored = [keyframe(frame, alpha) for frame, alpha in sorted(held.items())]
-    reads = [path for key in trained + scored for path in (key.plate, key.alpha, key.prior) if path]
-    refuse_overwriting([out], reads + [base], "--out")
     try:
         report = finetune(trained, base, out, scored, steps=args.steps, minutes=args.minutes, crop_size=args.crop,
                           batch=args.batch, learning_rate=args.learning_rate, seed=args.seed,
                           device=resolve_device(args.device), colourspace=args.colourspace, progress=not args.quiet)
     except (TrainingError, ModelLoadError) as exc:
         raise UsageError(str(exc)) from exc
+    if report.interrupted:
+        print(f"sparsemat: interrupted; wrote {out} with the {report.steps} steps done (held-out frames not scored "
+              f"after)", file=sys.stderr)
+        return 130
     for frame in report.held_out_before:
         print(f"held-out frame {frame}: before {describe_errors(report.held_out_before[frame])}")
         print(f"held-out frame {frame}: after  {describe_errors(report.held_out_after[frame])}")

@@ -1,5 +1,5 @@
-"""Training data: the recipe's values, datasets as file lists or folders, and the patches the
-published recipe cuts from each example (docs/TRAINING.md).
+"""Training data: datasets as file lists or folders, and the patches the published recipe cuts
+from each example (docs/TRAINING.md).
 
 A dataset is a file list of ``image,alpha[,fg,bg]`` lines (the published format, paths relative
 to the list's folder) or a folder with ``alpha/`` and either ``image/`` (with optional ``fg/``
@@ -18,6 +18,7 @@ import numpy as np
 
 from .imageio import ImageReadError, read_alpha, read_rgb
 from .losses import random_unknown_band
+from .recipe import Recipe
 
 IMAGE_EXTENSIONS = (".exr", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 SOFT_LOW, SOFT_HIGH = 0.05, 0.95  # a patch is centred on a pixel whose alpha lies between
@@ -25,28 +26,6 @@ SOFT_LOW, SOFT_HIGH = 0.05, 0.95  # a patch is centred on a pixel whose alpha li
 
 class DatasetError(ValueError):
     """A dataset or one of its samples cannot be used; the message names the files."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The published training recipe; every value is a flag of ``sparsemat train``."""
-
-    learning_rate: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    epochs: int = 30
-    decay_every: int = 10  # epochs
-    decay: float = 0.1
-    min_learning_rate: float = 1e-5
-    batch: int = 12
-    rescale: int = 560  # the short side of the prior network's copy, before its crop
-    crop: int = 512  # the prior network's square crop of that copy
-    patch_crops: tuple[int, ...] = (512, 640, 800)  # full-resolution patch sizes, drawn at random
-    patch_size: int = 512  # each patch is resized to this before the refiner sees it
-    flips: bool = True
-
-    def learning_rate_at(self, epoch: int) -> float:
-        """x ``decay`` every ``decay_every`` epochs (counted from 0), never under the floor."""
-        return max(self.learning_rate * self.decay ** (epoch // self.decay_every), self.min_learning_rate)
 
 
 @dataclass(frozen=True)
@@ -77,7 +56,6 @@ class Example:
     alpha: np.ndarray
     foreground: np.ndarray | None
     background: np.ndarray | None
-    name: str
 
 
 def open_dataset(path: str) -> Dataset:
@@ -165,7 +143,6 @@ def load_example(dataset: Dataset, index: int, rng: np.random.Generator, colours
         image = read_rgb(entry.image, colourspace) if entry.image else None
     except ImageReadError as exc:
         raise DatasetError(f"sample {index + 1} of {dataset.source} cannot be read: {exc}") from exc
-    name = entry.image or entry.foreground
     for label, pixels, path in (("image", image, entry.image), ("foreground", foreground, entry.foreground),
                                 ("background", background, entry.background)):
         if pixels is not None and pixels.shape[:2] != alpha.shape:
@@ -174,7 +151,7 @@ def load_example(dataset: Dataset, index: int, rng: np.random.Generator, colours
                                f"{pixels.shape[0]}: they must be the same size")
     if image is None:
         image = alpha[..., None] * foreground + (1 - alpha[..., None]) * background
-    return Example(np.ascontiguousarray(image, dtype=np.float32), alpha, foreground, background, name)
+    return Example(np.ascontiguousarray(image, dtype=np.float32), alpha, foreground, background)
 
 
 def _cover(background: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -240,9 +217,16 @@ def published_patch(example: Example, recipe: Recipe, rng: np.random.Generator) 
 def _patch_square(alpha: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int, int]:
     """(left, top, size) of a square patch: ``size`` but inside ``alpha``, centred on a random pixel
     whose alpha is soft (the region's centre when none is)."""
-    height, width = alpha.shape
-    size = min(size, height, width)
     ys, xs = np.nonzero((alpha > SOFT_LOW) & (alpha < SOFT_HIGH))
+    return _square_around(ys, xs, alpha.shape, size, rng)
+
+
+def _square_around(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int], size: int,
+                   rng: np.random.Generator) -> tuple[int, int, int]:
+    """(left, top, size) of a square of ``size`` (smaller for a smaller ``shape``) centred on one of
+    the pixels ``ys, xs`` drawn at random (the centre when there are none), kept inside ``shape``."""
+    height, width = shape
+    size = min(size, height, width)
     if len(ys):
         pick = rng.integers(len(ys))
         cy, cx = int(ys[pick]), int(xs[pick])
@@ -253,8 +237,10 @@ def _patch_square(alpha: np.ndarray, size: int, rng: np.random.Generator) -> tup
     return left, top, size
 
 
-def band_crop(band: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int, int]:
-    """(top, left, size) of a square of ``size`` pixels (smaller for a smaller frame) centred on a
-    random pixel of ``band``, kept inside the frame: where a shot's keyframe trains."""
-    left, top, size = _patch_square(np.where(band > 0, 0.5, 0.0), size, rng)
+def band_crop(band_pixels: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], size: int,
+              rng: np.random.Generator) -> tuple[int, int, int]:
+    """(top, left, size) of a square of ``size`` pixels centred on one of ``band_pixels`` (``np.nonzero``
+    of a frame's band, computed once) drawn at random, kept inside the frame: where a shot's
+    keyframe trains."""
+    left, top, size = _square_around(*band_pixels, shape, size, rng)
     return top, left, size

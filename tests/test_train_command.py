@@ -115,6 +115,11 @@ def test_a_resumed_run_continues_the_steps_and_the_schedule_and_ends_as_an_unint
     ours, theirs = read_published(str(part))[0], read_published(str(whole_run[0]))[0]
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
 
+    finished = train(dataset, "--out", part, "--resume")
+    assert finished.returncode == 0 and "finished its 3 epochs (6 steps): nothing to do" in finished.stderr
+    other = train(dataset, "--out", part, "--resume", "--seed", "5")
+    assert other.returncode == 2 and "has seed 0, not 5" in other.stderr
+
 
 @pytest.mark.parametrize("layout", ["file list with fg,bg", "folder of fg/ composited over bg/"])
 def test_each_dataset_layout_trains(dataset, tmp_path, seed1_checkpoint, layout):
@@ -207,8 +212,10 @@ def test_finetuning_on_three_keyframes_lowers_the_held_out_error_and_matte_uses_
 @pytest.mark.parametrize("case, expected", [
     ("a keyframe outside the shot", "keyframe 40 is outside the plate's frames"),
     ("a held-out keyframe trained on", "frame 12 is both a --keyframe and --held-out"),
-    ("the base as --out", "--out would overwrite the input file"),
     ("a matte of another size", r"keyframe 12: the matte .* is 64x48, the plate .* 320x180"),
+    ("a held-out frame outside the shot", "held-out frame 30 is outside the plate's frames"),
+    ("an --out that exists", r"--out .* exists: name a new file"),
+    ("a colourspace that does not exist", "--input-colorspace: "),
 ])
 def test_a_finetune_that_cannot_start_says_why_in_one_line(shot, tmp_path, seed1_checkpoint, case, expected):
     import re
@@ -216,8 +223,12 @@ def test_a_finetune_that_cannot_start_says_why_in_one_line(shot, tmp_path, seed1
     write_alpha(str(tmp_path / "small.exr"), np.zeros((48, 64), np.float32))
     keyframe = {"a keyframe outside the shot": f"40={shot}/alpha.0012.exr",
                 "a matte of another size": f"12={tmp_path}/small.exr"}.get(case, f"12={shot}/alpha.0012.exr")
-    extra = ["--held-out", f"12={shot}/alpha.0012.exr"] if case == "a held-out keyframe trained on" else []
-    out = seed1_checkpoint if case == "the base as --out" else tmp_path / "shot.pth"
+    extra = {"a held-out keyframe trained on": ["--held-out", f"12={shot}/alpha.0012.exr"],
+             "a held-out frame outside the shot": ["--held-out", f"30={shot}/alpha.0012.exr"],
+             "a colourspace that does not exist": ["--input-colorspace", "no such space"]}.get(case, [])
+    out = tmp_path / "shot.pth"
+    if case == "an --out that exists":
+        out.write_bytes(b"an earlier fine-tune")
     result = run_cli("finetune", shot / "plate.####.png", "--keyframe", keyframe, *extra, "--checkpoint",
                      seed1_checkpoint, "--out", out, "--steps", "1", "--device", "cpu", "--quiet")
     assert result.returncode == 2

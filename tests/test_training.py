@@ -11,7 +11,8 @@ from dataclasses import replace
 from sparsemat.engine.losses import VALIDATION_BAND, unknown_band
 from sparsemat.engine.model import SparseMat
 from sparsemat.engine.training import crop, crop_resize, patch_loss, whole_frame
-from sparsemat.engine.training_data import Example, Recipe, published_patch
+from sparsemat.engine.recipe import Recipe
+from sparsemat.engine.training_data import Example, published_patch
 
 
 def synthetic_sample(height=96, width=128):
@@ -75,7 +76,7 @@ def test_a_published_patch_covers_the_same_place_in_the_view_and_at_full_resolut
     """The view's pixels inside the patch's box are the patch's image, downsampled: the prior the
     refiner gets for the patch is the prior of the same place."""
     frame, alpha, _, _, _ = synthetic_sample(480, 640)
-    example = Example(frame.numpy(), alpha.numpy(), None, None, "disc")
+    example = Example(frame.numpy(), alpha.numpy(), None, None)
     recipe = Recipe(rescale=240, crop=160, patch_crops=(200,), patch_size=100, flips=True)
     for seed in range(4):
         arrays = published_patch(example, recipe, np.random.default_rng(seed))
