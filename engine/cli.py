@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_command(commands)
     add_benchmark_command(commands, _device)
-    add_train_commands(commands, _positive_int, _positive, _device)
+    add_train_commands(commands, _positive_int, _non_negative_int, _positive, _device)
     return parser
 
 

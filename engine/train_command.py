@@ -45,13 +45,6 @@ def _betas(text: str) -> tuple[float, float]:
     return values
 
 
-def _seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed, 0 or more, got {text}")
-    return value
-
-
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -59,7 +52,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def add_train_commands(commands, positive_int, positive, device_type) -> None:
+def add_train_commands(commands, positive_int, non_negative_int, positive, device_type) -> None:
     """Add ``train`` and ``finetune`` to an argparse subparsers object; the type functions are the
     command line's own."""
     from .recipe import Recipe
@@ -104,7 +97,7 @@ def add_train_commands(commands, positive_int, positive, device_type) -> None:
                        help=f"each patch is resized to this (default {recipe.patch_size})")
     train.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                        help="mirror patches at random (default on)")
-    train.add_argument("--seed", type=_seed, help="seeds the data order and patches (default 0; a resumed run keeps its own)")
+    train.add_argument("--seed", type=non_negative_int, help="seeds the data order and patches (default 0; a resumed run keeps its own)")
     train.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N steps in all (a trial run)")
     train.add_argument("--save-every", type=positive_int, metavar="STEPS",
                        help="also write the checkpoint every so many steps (default: at each epoch's end)")
@@ -134,7 +127,7 @@ def add_train_commands(commands, positive_int, positive, device_type) -> None:
                           help="square crops of the keyframes, at full resolution (default 512)")
     finetune.add_argument("--batch", type=positive_int, default=2, help="crops a step (default 2)")
     finetune.add_argument("--learning-rate", type=positive, default=1e-4, help="Adam's learning rate (default 1e-4)")
-    finetune.add_argument("--seed", type=_seed, default=0, help="seeds the crops (default 0)")
+    finetune.add_argument("--seed", type=non_negative_int, default=0, help="seeds the crops (default 0)")
     _add_common(finetune, device_type)
     finetune.set_defaults(run=run_finetune)
 
