@@ -1,6 +1,8 @@
 """`sparsemat train` and `sparsemat finetune` as a user runs them, on tiny synthetic data."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -49,6 +51,17 @@ def dataset(tmp_path_factory):
 
 def train(*args):
     return run_cli("train", *map(str, args), *SMALL)
+
+
+def in_process(*args) -> tuple[int, str]:
+    """``sparsemat ARGS`` in this process, through the console script's own ``main`` (quicker than a
+    new interpreter for checks that stop early): the exit code and what it wrote to stderr."""
+    from sparsemat.engine.cli import main
+
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(arg) for arg in args])
+    return code, errors.getvalue()
 
 
 def record(path) -> dict:
@@ -173,10 +186,10 @@ def test_a_dataset_that_cannot_train_says_why_in_one_line(dataset, tmp_path, see
     (tmp_path / "text.png").write_text("not an image")
     write_rgb(tmp_path / "small.png", eight_bit(disc(0, 48, 64)[0]))
     listing.write_text(lines[case])
-    result = train(listing, "--checkpoint", seed1_checkpoint, "--out", tmp_path / "run.pth")
-    assert result.returncode == 2
-    message = result.stderr.strip().splitlines()
-    assert len(message) == 1 and message[0].startswith("sparsemat: error: "), result.stderr
+    code, stderr = in_process("train", listing, "--checkpoint", seed1_checkpoint, "--out", tmp_path / "run.pth", *SMALL)
+    assert code == 2
+    message = stderr.strip().splitlines()
+    assert len(message) == 1 and message[0].startswith("sparsemat: error: "), stderr
     assert re.search(expected, message[0]), message[0]
 
 
@@ -229,8 +242,8 @@ def test_a_finetune_that_cannot_start_says_why_in_one_line(shot, tmp_path, seed1
     out = tmp_path / "shot.pth"
     if case == "an --out that exists":
         out.write_bytes(b"an earlier fine-tune")
-    result = run_cli("finetune", shot / "plate.####.png", "--keyframe", keyframe, *extra, "--checkpoint",
-                     seed1_checkpoint, "--out", out, "--steps", "1", "--device", "cpu", "--quiet")
-    assert result.returncode == 2
-    message = result.stderr.strip().splitlines()
-    assert len(message) == 1 and re.search(expected, message[0]), result.stderr
+    code, stderr = in_process("finetune", shot / "plate.####.png", "--keyframe", keyframe, *extra, "--checkpoint",
+                              seed1_checkpoint, "--out", out, "--steps", "1", "--device", "cpu", "--quiet")
+    assert code == 2
+    message = stderr.strip().splitlines()
+    assert len(message) == 1 and re.search(expected, message[0]), stderr
