@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from .validation import EXIT_FAILED, UsageError
 
 # numpy and .metrics are imported inside the functions: building the parser stays instant.
-IMAGE_EXTENSIONS = (".exr", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
 class EvaluationError(Exception):
@@ -129,9 +128,7 @@ def plan(pred_text: str, gt_text: str, trimap_text: str | None, trimap_dir: str 
 
 def dataset_items(pred_dir: str, gt_dir: str, trimap_dir: str | None) -> list[Item]:
     """PRED's images, each matched by its name without the extension in GT (and the trimaps)."""
-    def images(folder: str) -> dict[str, str]:
-        return {os.path.splitext(name)[0]: os.path.join(folder, name) for name in sorted(os.listdir(folder))
-                if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))}
+    from .sequence import images_by_name as images
 
     preds, gts = images(pred_dir), images(gt_dir)
     trimaps = images(trimap_dir) if trimap_dir else {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from sparsemat.plugin import frames as frame_ranges
 
+IMAGE_EXTENSIONS = (".exr", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 # "%d", "%4d", "%04d" (the space-padded form is rejected later) or a run of hashes.
 _TOKEN = re.compile(r"%([0-9]*)d|#+")
 
@@ -132,3 +133,10 @@ def _token_padding(text: str, token: re.Match[str]) -> int:
 def _is_formatted(digits: str, padding: int) -> bool:
     """Whether printf with this zero padding writes these digits: 0999 and 10000 for 4, not 00999."""
     return len(digits) == padding or (len(digits) > padding and not digits.startswith("0"))
+
+
+def images_by_name(folder: str) -> dict[str, str]:
+    """A dataset folder's images, by file name without the extension (how datasets pair an image
+    with its matte, trimap or foreground), in name order."""
+    return {os.path.splitext(name)[0]: os.path.join(folder, name) for name in sorted(os.listdir(folder))
+            if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))}

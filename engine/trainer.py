@@ -28,7 +28,7 @@ from .losses import validation_band
 from .matting import Matter
 from .metrics import CONVENTIONS, connectivity_error, gradient_error, mse, sad
 from .model import CheckpointError, SparseMat
-from .model.checkpoint import published_state, read_published, save_published
+from .model.checkpoint import load_state, published_state, read_published, save_published
 from .recipe import Recipe
 from .training import (MIN_BAND_PIXELS, Patch, crop, freeze_prior, patch_in_view, refiner_optimiser,
                        set_learning_rate, train_step, trainable, whole_frame)
@@ -54,13 +54,17 @@ def describe_errors(errors: dict[str, float]) -> str:
     return ", ".join(f"{labels[name]} {value:.4f}" for name, value in errors.items())
 
 
-def _load_model(path: str, device: torch.device) -> SparseMat:
+def _load(path: str, device: torch.device) -> tuple[SparseMat, dict, dict | None]:
+    """The model from ``path`` ready to train on ``device``, the file's published state (the base
+    of what is written back) and its training record, from one read of the file."""
     try:
-        model = SparseMat.from_checkpoint(path)
+        state, record = read_published(path)
+        model = SparseMat()
+        load_state(model, state, path)
     except CheckpointError as exc:
         raise TrainingError(str(exc)) from exc
     freeze_prior(model)
-    return model.to(device)
+    return model.to(device), state, record
 
 
 def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
@@ -111,7 +115,7 @@ def train(dataset: Dataset, out: str, recipe_values: dict, base: str | None = No
     An interruption (Ctrl-C) waits for the step under way, so the checkpoint is always a whole step's."""
     source = os.path.abspath(dataset.source)
     if resume:
-        state, record = _read(out)
+        model, state, record = _load(out, device)
         if record is None or record.get("kind") != "train":
             raise TrainingError(f"{out} holds no sparsemat train run to resume")
         stored = dict(record["recipe"], betas=tuple(record["recipe"]["betas"]),
@@ -125,14 +129,12 @@ def train(dataset: Dataset, out: str, recipe_values: dict, base: str | None = No
                                     f"cannot change mid-run")
         run = TrainRun(recipe, record["seed"], source, colourspace, record["step"], record["epoch"],
                        record["step_in_epoch"], list(record["losses"]), list(record["history"]))
-        model = _load_model(out, device)
     else:
         if base is None:
             raise TrainingError("give --checkpoint BASE: the refiner trains on a pretrained, frozen prior network")
-        state, _ = _read(base)
+        model, state, _ = _load(base, device)
         recipe = Recipe(**recipe_values)
         run = TrainRun(recipe, seed or 0, source, colourspace)
-        model = _load_model(base, device)
     if recipe.rescale < recipe.crop:
         raise TrainingError(f"--rescale ({recipe.rescale}) must be at least --crop ({recipe.crop}): the prior "
                             f"network's view is a crop of the rescaled image")
@@ -209,13 +211,6 @@ def deferred_interrupt():
             raise KeyboardInterrupt
 
 
-def _read(path: str):
-    try:
-        return read_published(path)
-    except CheckpointError as exc:
-        raise TrainingError(str(exc)) from exc
-
-
 def _dataset_patch(model: SparseMat, dataset: Dataset, index: int, run: TrainRun, device: torch.device) -> Patch | None:
     """Sample ``index``'s patch of this epoch; None when its band is (almost) empty: an alpha with
     no soft edge there has nothing to teach."""
@@ -290,8 +285,7 @@ def finetune(keyframes: list[Keyframe], base: str, out: str, held_out: list[Keyf
         raise TrainingError(f"crops of {crop_size} px hold fewer than {MIN_BAND_PIXELS} pixels: nothing would train")
     if steps is None and minutes is None:
         steps = DEFAULT_STEPS
-    model = _load_model(base, device)
-    state, _ = _read(base)
+    model, state, _ = _load(base, device)
     rng = np.random.default_rng(seed)
     report = FinetuneReport()
     for key in held_out:

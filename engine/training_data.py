@@ -19,8 +19,8 @@ import numpy as np
 from .imageio import ImageReadError, read_alpha, read_rgb
 from .losses import random_unknown_band
 from .recipe import Recipe
+from .sequence import images_by_name
 
-IMAGE_EXTENSIONS = (".exr", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 SOFT_LOW, SOFT_HIGH = 0.05, 0.95  # a patch is centred on a pixel whose alpha lies between
 
 
@@ -95,13 +95,8 @@ def _list_dataset(path: str) -> Dataset:
     return Dataset(tuple(entries), source=path)
 
 
-def _images(folder: str) -> dict[str, str]:
-    return {os.path.splitext(name)[0]: os.path.join(folder, name) for name in sorted(os.listdir(folder))
-            if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))}
-
-
 def _folder_dataset(root: str) -> Dataset:
-    found = {name: _images(os.path.join(root, name)) for name in ("image", "alpha", "fg", "bg")
+    found = {name: images_by_name(os.path.join(root, name)) for name in ("image", "alpha", "fg", "bg")
              if os.path.isdir(os.path.join(root, name))}
     if "alpha" not in found or not ("image" in found or {"fg", "bg"} <= found.keys()):
         raise DatasetError(f"dataset folder {root} needs alpha/ and either image/ or fg/ and bg/")

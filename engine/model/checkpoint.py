@@ -96,7 +96,12 @@ def _check(path: str, state: dict, model: torch.nn.Module) -> None:
 
 def load_into(model: torch.nn.Module, path: str) -> None:
     """Load a published-format checkpoint into ``model`` (strict; raises CheckpointError)."""
-    state = filter_published(_unwrap(_read(path)), model)
+    load_state(model, _unwrap(_read(path)), path)
+
+
+def load_state(model: torch.nn.Module, state: dict, path: str) -> None:
+    """``load_into`` for a state_dict already read from ``path`` (``read_published``'s)."""
+    state = filter_published(state, model)
     _check(path, state, model)
     model.load_state_dict(state, strict=True)
 
