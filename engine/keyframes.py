@@ -1,55 +1,44 @@
 """Keyframe mattes as guidance: an artist's mattes on a few frames, carried to the frames between
 by the plate's motion (no torch here: the frames go to the job's ``matte`` callable).
 
-On a keyframe its matte is the answer, written as it is. From each keyframe a chain runs
-forward (and, when a keyframe lies ahead, one runs back from it), following the dense optical
-flow between consecutive plates (OpenCV's DIS flow on the luma, no learned weights) and
-composing it, so each frame knows where each of its pixels was on the keyframe: the keyframe's
-matte sampled there is the chain's carried matte, moved once, never re-sampled frame after
-frame. Each step also measures how far the flow back undoes the flow forward, and a chain's
-confidence in a pixel is the product of those agreements along the way (``CONSISTENCY_PX``;
-none for a pixel that came from beyond the frame's edge).
-Between two keyframes the frame's prior is the two carried mattes blended by distance
-(``(k2 - t) / (k2 - k1)`` of the forward one) times each chain's confidence, and the frame is
-matted once with it (band and refinement as usual). Before the first keyframe only the
-backward chain reaches, after the last only the forward one.
+On a keyframe its matte is the answer, written as it is. Every other frame takes the matte of
+the keyframe before it (forward) and of the one after it (backward, when there is one), each
+moved by the dense optical flow from that keyframe's plate straight to the frame's (OpenCV's
+DIS flow on the luma, no learned weights): each pixel samples the keyframe's matte where it
+was on the keyframe. The flow back is measured too, and a pixel's confidence is how far it
+undoes the flow forward, exp(-(miss / CONSISTENCY_PX)^2) (none for a pixel that came from
+beyond the frame's edge). Between two keyframes the frame's prior is the two carried mattes
+blended by distance (``(k2 - t) / (k2 - k1)`` of the forward one) times each one's confidence,
+and the frame is matted once with it (band and refinement as usual). Before the first
+keyframe only the backward matte reaches, after the last only the forward one.
 
-The backward chain's carried mattes and confidences wait in memory for the forward pass (two
-float maps a frame of the segment that is to be written); frames are then matted and written
-in order. A chain
-always runs from its keyframe, through frames that are not written too (a farm chunk that
-starts between keyframes), so a frame's matte does not depend on how the range is split.
+One flow from the keyframe, not a chain of flows from frame to frame: composed flows drift
+with every step, and thin or see-through parts (hair, a veil) follow the background seen
+through them (docs/QUALITY.md, "Guidance"). A frame's matte thus depends on its own plate and
+its keyframes' only: a farm chunk that starts between keyframes gives what a whole run gives,
+and a frame that cannot be read fails alone.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 
 from .imageio import read_alpha, write_alpha
 from .job import FrameMatter, JobSummary, MatteJob, frame_label, matte_frame, read_inputs, write_output
-from .validation import FrameError
 
 FLOW_PRESET = "MEDIUM"  # DIS preset: ULTRAFAST, FAST or MEDIUM
 # A pixel whose flow back misses its start by this many pixels keeps 1/e of its confidence.
 CONSISTENCY_PX = 3.0
-# Where both chains have lost confidence, the blend falls back to the distance weights.
+# Where both carried mattes have lost confidence, the blend falls back to the distance weights.
 CONFIDENCE_FLOOR = 1e-6
-
-
-class Carried(NamedTuple):
-    """A chain at one frame: the keyframe's matte moved there, the chain's confidence in each pixel,
-    and the frame's inputs (None when the chain does not keep them)."""
-
-    alpha: np.ndarray
-    confidence: np.ndarray
-    read: object | None
 
 
 def flow_step(source_rgb: np.ndarray, target_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where each target pixel came from in the source frame, (H, W, 2) absolute x, y, by the flow
-    from the target to the source; and how well the flow back agrees, exp(-(miss / CONSISTENCY_PX)^2)."""
+    from the target to the source; and how well the flow back agrees, exp(-(miss / CONSISTENCY_PX)^2)
+    (0 for pixels from beyond the frame)."""
     import cv2
 
     source, target = (np.round(np.clip(rgb @ np.float32([0.299, 0.587, 0.114]), 0, 1) * 255).astype(np.uint8)
@@ -77,9 +66,8 @@ def _sample(values: np.ndarray, where: np.ndarray) -> np.ndarray:
 def run_keyframes(job: MatteJob, matte: FrameMatter, progress: bool = True, log: Callable[[str], None] | None = None,
                   on_frame: Callable[[int, int, str], None] | None = None) -> JobSummary:
     """``job``'s frames from its keyframe mattes (``job.keyframe_alphas``: frame -> file); the same
-    summary and errors as ``run_job``. A frame that cannot be read fails, and the chains through
-    it stop there: frames beyond it take the other chain only, or fail when none reaches. A frame
-    that cannot be matted fails alone (the chains carry the keyframes' mattes, not results)."""
+    summary and errors as ``run_job``. A frame that cannot be read or matted fails alone; a
+    keyframe whose matte or plate cannot be read fails the frames that only it reaches."""
     from tqdm import tqdm
 
     summary = JobSummary(output=job.output.text)
@@ -88,98 +76,84 @@ def run_keyframes(job: MatteJob, matte: FrameMatter, progress: bool = True, log:
     with tqdm(total=len(job.frames), unit="frame", disable=not progress, dynamic_ncols=True) as bar:
         say = log or (lambda message: bar.write(message))
 
-        chains_active: dict = {}  # frame -> the active fraction of its matte
-
-        def done(frame, alpha, message=None):
-            if message is None:
+        def done(frame, outcome):
+            """``outcome``: (alpha, active fraction), or the message of a failed frame."""
+            if isinstance(outcome, str):
+                say(f"error: {outcome}")
+                summary.failed.append((frame, outcome))
+            else:
+                alpha, active = outcome
                 write_output(job.output.path(frame), frame_label(frame),
                              lambda path: write_alpha(path, alpha, half=job.half))
                 summary.written += 1
-                summary.active_fractions.append(0.0 if frame in job.keyframe_alphas else chains_active[frame])
-            else:
-                say(f"error: {message}")
-                summary.failed.append((frame, message))
+                summary.active_fractions.append(active)
             bar.update()
             if on_frame is not None:
                 on_frame(summary.written + len(summary.failed), len(job.frames),
-                         f"{frame_label(frame)} {'written' if message is None else 'failed'}")
+                         f"{frame_label(frame)} {'failed' if isinstance(outcome, str) else 'written'}")
 
-        wanted = set(job.frames)
-        for frame in keys:
-            if frame in wanted:
+        keyframes: dict = {}  # keyframe -> (its matte, its plate), or the message of why it cannot be used
+        for frame in job.frames:
+            if frame in job.keyframe_alphas:
                 try:
-                    done(frame, read_alpha(job.keyframe_alphas[frame]))
+                    done(frame, (read_alpha(job.keyframe_alphas[frame]), 0.0))
                 except (OSError, ValueError) as exc:
-                    done(frame, None, f"cannot read the keyframe matte of {frame_label(frame)}: {exc}")
-        bounds = [None, *keys, None]
-        for before, after in zip(bounds[:-1], bounds[1:]):
-            first = job.frames[0] if before is None else before + 1
-            last = job.frames[-1] if after is None else after - 1
-            segment = [f for f in range(first, last + 1) if f in wanted]
-            if segment:
-                _segment(job, matte, before, after, segment, chains_active, done)
+                    done(frame, f"cannot read the keyframe matte of {frame_label(frame)}: {exc}")
+                continue
+            before = max((key for key in keys if key < frame), default=None)
+            after = min((key for key in keys if key > frame), default=None)
+            for stale in [key for key in keyframes if before is not None and key < before]:
+                del keyframes[stale]  # the frames come in order: only the two around this one are needed
+            for key in (before, after):
+                if key is not None and key not in keyframes:
+                    keyframes[key] = _keyframe(job, key)
+            done(frame, _matte_between(job, matte, frame, before, after, keyframes))
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _segment(job, matte, before, after, frames, chains_active, done) -> None:
-    """``frames``, strictly between keyframes ``before`` and ``after`` (either None at an end), in order."""
-    wanted = set(frames)
-    backward = {} if after is None else {frame: carried for frame, carried in
-                                         _carry(job, after, range(after - 1, frames[0] - 1, -1), keep=False)
-                                         if frame in wanted}
-    forward = ((frame, None) for frame in frames) if before is None else \
-        _carry(job, before, range(before + 1, frames[-1] + 1), keep=True)
-    for frame, ahead in forward:
-        if frame not in wanted:
-            continue
-        behind = backward.get(frame)
-        share = 1.0 if after is None else 0.0 if before is None else (after - frame) / (after - before)
-        chains = [(weight, chain) for weight, chain in ((share, ahead), (1 - share, behind)) if isinstance(chain, Carried)]
-        if not chains:
-            reasons = "; ".join(str(r) for r in (ahead, behind) if isinstance(r, Exception))
-            done(frame, None, reasons or f"no keyframe reaches {frame_label(frame)}")
-            continue
-        weights = [weight * (chain.confidence + CONFIDENCE_FLOOR) for weight, chain in chains]
-        prior = sum(w * chain.alpha for w, (_, chain) in zip(weights, chains)) / sum(weights)
-        read = ahead.read if isinstance(ahead, Carried) else read_inputs(job, frame)
-        if isinstance(read, Exception):
-            done(frame, None, str(read))
-            continue
-        outcome = matte_frame(job, matte, frame, read._replace(prior=prior.astype(np.float32)), new_stream=True)
-        if isinstance(outcome, Exception):
-            done(frame, None, str(outcome))
-            continue
-        alpha, stats = outcome
-        chains_active[frame] = stats.active_fraction
-        done(frame, alpha)
-
-
-def _carry(job, key: int, frames, keep: bool):
-    """(frame, Carried) along ``frames`` (in the chain's order, starting next to ``key``), each frame's
-    inputs kept when ``keep``; an exception for the frame where the chain broke, None beyond it."""
-    frames = list(frames)
+def _keyframe(job: MatteJob, key: int):
+    """(the keyframe's matte, its plate), or why it cannot be used."""
     try:
         alpha = read_alpha(job.keyframe_alphas[key])
-        previous = read_inputs(job, key)
     except (OSError, ValueError) as exc:
-        previous = exc
-    if isinstance(previous, Exception):
-        yield frames[0], FrameError(f"cannot start from keyframe {key}: {previous}")
-        yield from ((frame, None) for frame in frames[1:])
-        return
-    origin = confidence = None
-    for index, frame in enumerate(frames):
-        read = read_inputs(job, frame)
-        if not isinstance(read, Exception) and alpha.shape != read.pixels.shape[:2]:
-            read = FrameError(f"the keyframe matte of frame {key} is {alpha.shape[1]}x{alpha.shape[0]}, the plate "
-                              f"{read.pixels.shape[1]}x{read.pixels.shape[0]}")
-        if isinstance(read, Exception):
-            yield frame, read
-            yield from ((rest, None) for rest in frames[index + 1:])
-            return
-        step, agreement = flow_step(previous.pixels, read.pixels)
-        origin = step if origin is None else _sample(origin, step)
-        confidence = agreement if confidence is None else _sample(confidence, step) * agreement
-        yield frame, Carried(np.clip(_sample(alpha, origin), 0.0, 1.0), confidence, read if keep else None)
-        previous = read
+        return f"cannot start from keyframe {key}: {exc}"
+    read = read_inputs(job, key)
+    if isinstance(read, Exception):
+        return f"cannot start from keyframe {key}: {read}"
+    if alpha.shape != read.pixels.shape[:2]:
+        return (f"the keyframe matte of frame {key} is {alpha.shape[1]}x{alpha.shape[0]}, its plate "
+                f"{read.pixels.shape[1]}x{read.pixels.shape[0]}")
+    return alpha, read.pixels
+
+
+def _matte_between(job, matte, frame: int, before: int | None, after: int | None, keyframes: dict):
+    """(alpha, active fraction) of ``frame`` from the keyframes either side of it (either None at an
+    end), or the message of why it failed."""
+    read = read_inputs(job, frame)
+    if isinstance(read, Exception):
+        return str(read)
+    share = 1.0 if after is None else 0.0 if before is None else (after - frame) / (after - before)
+    carried, reasons = [], []
+    for key, weight in ((before, share), (after, 1.0 - share)):
+        if key is None:
+            continue
+        keyframe = keyframes[key]
+        if isinstance(keyframe, str):
+            reasons.append(keyframe)
+            continue
+        alpha, plate = keyframe
+        if alpha.shape != read.pixels.shape[:2]:
+            reasons.append(f"{frame_label(frame)} is {read.pixels.shape[1]}x{read.pixels.shape[0]}, keyframe {key} "
+                           f"{alpha.shape[1]}x{alpha.shape[0]}")
+            continue
+        origin, confidence = flow_step(plate, read.pixels)
+        carried.append((weight * (confidence + CONFIDENCE_FLOOR), np.clip(_sample(alpha, origin), 0.0, 1.0)))
+    if not carried:
+        return "; ".join(reasons)
+    prior = sum(weight * alpha for weight, alpha in carried) / sum(weight for weight, _ in carried)
+    outcome = matte_frame(job, matte, frame, read._replace(prior=prior.astype(np.float32)), new_stream=True)
+    if isinstance(outcome, Exception):
+        return str(outcome)
+    alpha, stats = outcome
+    return alpha, stats.active_fraction
