@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -272,6 +273,68 @@ def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, 
     else:
         exr.write(alpha, result, ("A",), half=False, compression=exr.ZIP)
     return {**stats, "seconds": time.perf_counter() - started, "engine": state}
+
+
+def keyframe_span(frames: list[int], keyframes: list[int], first: int, last: int) -> list[int]:
+    """The plate frames that matting ``frames`` from ``keyframes`` reads: from the last keyframe at or
+    before the first frame to the first one at or after the last (each frame's matte is carried from
+    the keyframes either side of it). MatteError for a keyframe outside the input's ``first``-``last``."""
+    if not keyframes:
+        raise MatteError("no keyframes: give the frames whose matte the Keyframes input holds, such as 1,40")
+    outside = [key for key in keyframes if not first <= key <= last]
+    if outside:
+        raise MatteError(f"keyframe {outside[0]} is outside the input's frames {first}-{last}")
+    start = max((key for key in keyframes if key <= frames[0]), default=frames[0])
+    stop = min((key for key in keyframes if key >= frames[-1]), default=frames[-1])
+    return list(range(start, stop + 1))
+
+
+def matte_from_keyframes(settings: Settings, source: str, keyframe_mattes: dict[int, str], alpha: str,
+                         frames: list[int], on_frame=None, cancelled=None) -> dict[int, str]:
+    """Matte ``frames`` from an artist's mattes on a few frames, by ``sparsemat matte --keyframe-alpha``
+    sending each frame to the engine at ``settings.address``: carrying a keyframe's matte takes the
+    optical flow between two plates (OpenCV, with the engine's command line), which a host's Python
+    has not, and the plates of a whole span, which one frame's request does not carry.
+
+    ``source``, ``alpha``: patterns (``####`` or ``%04d``) of the rendered plates, which must hold every
+    frame of ``keyframe_span``, and of the mattes to write; ``keyframe_mattes``: keyframe -> its matte
+    (a one-channel "A" EXR). ``on_frame(done, total, text)`` after each frame; ``cancelled()`` is asked
+    between frames. Returns the frames that failed -> their message; MatteError when nothing could be
+    matted (the command's own one-line message) or when cancelled."""
+    command = [*engine_command(), "matte", source, alpha, "--frames", ",".join(str(frame) for frame in frames),
+               "--engine", settings.address, "--input-colorspace", settings.colourspace, "--quiet",
+               "--openjd-progress", *(f"--keyframe-alpha={key}={path}" for key, path in sorted(keyframe_mattes.items()))]
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   text=True, bufsize=1)
+    except OSError as exc:
+        raise MatteError(f"cannot run {command[0]} to matte from keyframes ({exc.strerror or exc}); set "
+                         f"SPARSEMAT_ENGINE_COMMAND to the engine's sparsemat command") from exc
+    failed: dict[int, str] = {}
+    last_error, said = "", []
+    with process:
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            said.append(line)
+            if line.startswith("error: "):
+                last_error = line[len("error: "):]
+            elif line.startswith("openjd_status: frame "):
+                text, _, count = line[len("openjd_status: "):].rpartition(" (")
+                number, _, outcome = text[len("frame "):].partition(" ")
+                if outcome == "failed":
+                    failed[int(number)] = last_error or f"frame {number} failed"
+                if on_frame is not None:
+                    done, _, total = count.rstrip(")").partition("/")
+                    on_frame(int(done), int(total), text)
+            if cancelled is not None and cancelled():
+                process.terminate()
+                process.wait()
+                raise MatteError("cancelled")
+    if process.returncode != 0 and not failed:
+        errors = [line for line in said if line.startswith("sparsemat: error: ")]
+        raise MatteError(errors[-1][len("sparsemat: "):] if errors else
+                         f"sparsemat matte --keyframe-alpha stopped (exit {process.returncode}): {said[-1] if said else ''}")
+    return failed
 
 
 def status_line(frame: int, stats: dict) -> str:

@@ -7,6 +7,7 @@ Read -> Copy, with the render callback, the buttons' worker thread and the error
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -411,6 +412,83 @@ def test_the_foreground_knob_puts_the_unmixed_foreground_in_rgb(engine, plate, c
     assert np.array_equal(pixels[..., [names.index(c) for c in "RGB"]], stats["foreground"][..., :3])
     assert np.array_equal(pixels[..., names.index("A")], cli_alphas[1])
     assert not np.array_equal(pixels[..., [names.index(c) for c in "RGB"]], plate[1][0])
+
+
+def keyframed_node(plate, engine, tmp_path, keys="1,5", **knobs):
+    """Read -> SparseMat with the keyframes knob set and a Read of two mattes on the Keyframes input
+    (the engine's own mattes of frames 1 and 5 stand in for an artist's roto)."""
+    from sparsemat.engine.imageio import write_alpha
+
+    mattes = {}
+    for key in (1, 5):
+        mattes[key] = EngineClient(engine).matte(f"key-{key}", key, path=plate[0] % key, colourspace="linear",
+                                                 temporal=False)[0]
+        write_alpha(str(tmp_path / f"key.{key:04d}.exr"), mattes[key])
+    group = sparsemat_on(plate[0], engine, keyframes=keys, **knobs)
+    group.setInput(sparsemat_node.KEYFRAMES_INPUT, nuke.nodes.Read(file=str(tmp_path / "key.####.exr"), first=1,
+                                                                   last=5))
+    return group, mattes
+
+
+@pytest.fixture()
+def engine_command(monkeypatch):
+    """The node runs ``sparsemat matte``: this environment's, whatever PATH says."""
+    monkeypatch.setenv("SPARSEMAT_ENGINE_COMMAND", f"{sys.executable} -m sparsemat.engine.cli")
+
+
+def test_the_keyframes_input_mattes_the_range_as_the_command_line_does(engine, plate, tmp_path, engine_command):
+    """Keyframes 1 and 5 on the Keyframes input: the keyframes get their mattes exactly, frames 2-4
+    what ``sparsemat matte --keyframe-alpha`` makes of the same plate and mattes; a render then
+    finds every matte, and the rendered plates and keyframes are removed."""
+    new_session(str(tmp_path / "keyframes.nk"))
+    group, mattes = keyframed_node(plate, engine, tmp_path)
+    sparsemat_work.matte_frame_range(group)
+    wait_for(group)
+    assert not nuke.messages, nuke.messages
+    result = run_cli("matte", plate[0], tmp_path / "cli" / "a.%04d.exr", "--engine", engine, "--input-colorspace",
+                     "linear", "--quiet", *(f"--keyframe-alpha={key}={tmp_path / f'key.{key:04d}.exr'}" for key in mattes))
+    assert result.returncode == 0, result.stderr
+    made = alpha_files(group, FRAMES)
+    for number in FRAMES:
+        expected = exr.read(str(tmp_path / "cli" / f"a.{number:04d}.exr"), ("A",))[0][..., 0]
+        assert np.array_equal(made[number], expected), f"frame {number}"
+    assert all(np.array_equal(made[key], matte) for key, matte in mattes.items())
+    assert not np.array_equal(made[3], mattes[1]) and not np.array_equal(made[3], mattes[5])
+    assert group["status"].value().startswith("frame 5: from keyframes")
+    folder = Path(host.session_folder("nuke", core.SCRATCH_ENVIRONMENT))
+    assert not [p.name for p in folder.rglob("*") if p.name.startswith(("source.", "keyframes."))]
+
+    # A chunk between the keyframes renders the plates from keyframe 1 to 5, and gives the same mattes.
+    for path in folder.rglob("alpha.*"):
+        path.unlink()
+    nuke.GUI = False
+    write = output_write(group, tmp_path / "out")
+    sparsemat_render.render([write], [3, 4])
+    for number in (3, 4):
+        pixels, names = exr.read(str(tmp_path / "out" / f"out.{number:04d}.exr"))
+        assert np.array_equal(pixels[..., names.index("A")], made[number]), f"frame {number}"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"keys": "1,9"}, "keyframe 9 is outside the input's frames 1-5"),
+    ({"keys": "1-"}, "malformed frame range '1-'"),
+    ({"foreground": True}, "'foreground in rgb' is not available with keyframes"),
+    ({"unplug": True}, "nothing is connected to the Keyframes input"),
+    ({"trimap": True}, "the Trimap input cannot be combined with keyframes"),
+])
+def test_keyframes_the_node_cannot_use_are_one_clear_error(engine, plate, tmp_path, engine_command, change, message):
+    new_session(str(tmp_path / "bad-keyframes.nk"))
+    group, _ = keyframed_node(plate, engine, tmp_path, keys=change.get("keys", "1,5"),
+                              foreground=change.get("foreground", False))
+    if change.get("unplug"):
+        group.setInput(sparsemat_node.KEYFRAMES_INPUT, None)
+    if change.get("trimap"):
+        group.setInput(2, nuke.nodes.Read(file=str(tmp_path / "key.####.exr"), first=1, last=5))
+    nuke.GUI = False
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        sparsemat_work.matte_from_keyframes_now(group, [3])
+    assert message in group["status"].value()
+    assert not (Path(core.paths(nuke.root().name(), group.fullName()).alpha.replace("%V.####", "main.0003"))).exists()
 
 
 # ---- errors --------------------------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ SCRATCH_ENVIRONMENT = ("SPARSEMAT_NUKE_TEMP", "NUKE_TEMP_DIR")
 
 @dataclass(frozen=True)
 class Settings(host.Settings):
-    """The node's knobs: what every host has, and where the alpha goes in the node's output."""
+    """The node's knobs: what every host has, where the alpha goes in the node's output, and the
+    frames whose matte the Keyframes input holds (none: each frame from its own inputs)."""
     channel: str = "rgba.alpha"
+    keyframes: tuple = ()
 
 
 def output_channel(output: str, layer: str) -> str:
@@ -57,13 +59,14 @@ class Paths:
     prior: str  # the Prior input's alpha, rendered by the second internal Write
     trimap: str  # the Trimap input's alpha, rendered by the third
     clean_plate: str  # the CleanPlate input's colours, rendered by the fourth
+    keyframes: str  # the Keyframes input's alpha on the keyframes, rendered by the fifth
     alpha: str  # the matte, written here, read by the internal Read
 
 
 def paths(script: str, node: str) -> Paths:
     folder = node_folder(script, node)
     return Paths(*(os.path.join(folder, f"{name}.%V.####.exr")
-                   for name in ("source", "prior", "trimap", "clean_plate", "alpha")))
+                   for name in ("source", "prior", "trimap", "clean_plate", "keyframes", "alpha")))
 
 
 class Rendered(NamedTuple):
@@ -94,8 +97,12 @@ def frame_path(pattern: str, frame: int, view: str = "main") -> str:
         width = len(match.group(1)) if match.group(1) else int(match.group(2) or 0)
         return f"{frame:0{width}d}" if frame >= 0 else f"-{-frame:0{width}d}"
 
-    path = _FRAME_TOKENS.sub(number, pattern)
-    return path.replace("%V", view).replace("%v", view[:1])
+    return in_view(_FRAME_TOKENS.sub(number, pattern), view)
+
+
+def in_view(pattern: str, view: str) -> str:
+    """``pattern`` with its view (``%V`` name, ``%v`` initial) filled in; its frame token is kept."""
+    return pattern.replace("%V", view).replace("%v", view[:1])
 
 
 def stream_id(script: str, node: str, view: str) -> str:

@@ -10,6 +10,7 @@ access in Nuke):
     Prior  -> PriorWrite (EXR, alpha, float, raw) -> [engine, as the prior]
     Trimap -> TrimapWrite (EXR, alpha, float, raw) -> [engine, as the trimap]
     CleanPlate -> CleanPlateWrite (EXR, half, raw) -> [engine, as the clean plate]
+    Keyframes -> KeyframeWrite (EXR, alpha, float, raw; on the keyframes only) -> [sparsemat matte --keyframe-alpha]
 
 Everything here runs in Nuke's main thread and never inside a render callback (Nuke refuses
 node edits there).
@@ -27,6 +28,7 @@ from . import __version__, core
 MARKER = "sparsemat_version"  # hidden knob that marks a Group as a SparseMat node
 SOURCE_WRITE, PRIOR_WRITE, TRIMAP_WRITE, CLEAN_PLATE_WRITE = "SourceWrite", "PriorWrite", "TrimapWrite", "CleanPlateWrite"
 ALPHA_READ, COPY, FOREGROUND_COPY, ASSERT = "AlphaRead", "AlphaCopy", "ForegroundCopy", "EngineError"
+KEYFRAMES_INPUT, KEYFRAME_WRITE = 4, "KeyframeWrite"  # the artist's mattes on a few frames (the keyframes knob)
 # (input number, input name, its Write, the channels it renders): the optional guides, after Source
 GUIDES = ((1, "Prior", PRIOR_WRITE, "alpha"), (2, "Trimap", TRIMAP_WRITE, "alpha"),
           (3, "CleanPlate", CLEAN_PLATE_WRITE, "rgb"))
@@ -83,6 +85,10 @@ def _add_knobs(group) -> None:
     _knob(group, nuke.Int_Knob("trimap_dilation", "trimap dilation"), 0,
           "With a Trimap input (its alpha: 0 background, 1 foreground, anything between unknown): pixels its "
           "unknown region grows by on each side (0 to 256). Known pixels are exact in the matte.")
+    _knob(group, nuke.String_Knob("keyframes", "keyframes"), "",
+          "Frames whose matte the Keyframes input's alpha holds (1,40 or 1-100x10): those frames get that matte, "
+          "and every other frame the keyframes' mattes either side of it, carried by the plate's motion and "
+          "refined. Empty: each frame is matted from its own inputs. Not with Prior, Trimap or CleanPlate.")
     _knob(group, nuke.Boolean_Knob("foreground", "foreground in rgb"), False,
           "Replace rgb with the foreground, unmixed from the old background where the matte is partial and "
           "premultiplied by it: merge the output over a new background without the old one's fringes.")
@@ -126,6 +132,12 @@ def _build_internals(group) -> None:
             _set(guide_write, file_type="exr", datatype="32 bit float" if channels == "alpha" else "16 bit half",
                  compression="none", channels=channels, raw=True, disable=True)
             guide_write.setInput(0, guide)
+        keyframes = nuke.nodes.Input(name="Keyframes")
+        _set(keyframes, number=KEYFRAMES_INPUT)
+        keyframe_write = nuke.nodes.Write(name=KEYFRAME_WRITE)
+        _set(keyframe_write, file_type="exr", datatype="32 bit float", compression="none", channels="alpha", raw=True,
+             disable=True)
+        keyframe_write.setInput(0, keyframes)
         read = nuke.nodes.Read(name=ALPHA_READ)
         _set(read, raw=True, on_error="black", before="black", after="black")
         copy = nuke.nodes.Copy(name=COPY)
@@ -154,6 +166,7 @@ def is_sparsemat(node) -> bool:
 # ---- knobs -> settings, internal nodes -> paths (main thread) ----------------------------------------
 
 def settings(group) -> core.Settings:
+    keyframes = group["keyframes"].value().strip()
     return core.Settings(
         address=group["address"].value().strip() or host.default_address(),
         checkpoint=group["checkpoint"].value().strip(),
@@ -163,7 +176,8 @@ def settings(group) -> core.Settings:
         channel=core.output_channel(group["output"].value(), group["layer"].value()),
         timeout=float(group["timeout"].value()),
         trimap_dilation=int(group["trimap_dilation"].value()),  # the engine says when it is out of range
-        foreground=bool(group["foreground"].value()))
+        foreground=bool(group["foreground"].value()),
+        keyframes=tuple(host.parse_frames(keyframes, 0, -1)) if keyframes else ())
 
 
 def input_range(group) -> tuple[int, int]:
@@ -191,6 +205,7 @@ def sync(group) -> tuple[core.Settings, core.Paths]:
     group.node(PRIOR_WRITE)["file"].setValue(files.prior)
     group.node(TRIMAP_WRITE)["file"].setValue(files.trimap)
     group.node(CLEAN_PLATE_WRITE)["file"].setValue(files.clean_plate)
+    group.node(KEYFRAME_WRITE)["file"].setValue(files.keyframes)
     read = group.node(ALPHA_READ)
     first, last = input_range(group)
     if read["file"].value() != files.alpha:

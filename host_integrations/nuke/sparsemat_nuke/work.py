@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import Future
 
 import nuke
@@ -27,8 +28,8 @@ import nuke
 from sparsemat.plugin import host
 
 from . import core
-from .node import (ALPHA_READ, GUIDES, SOURCE_WRITE, input_range, is_sparsemat, show_error, show_failure,
-                   show_status, show_success, sync)
+from .node import (ALPHA_READ, GUIDES, KEYFRAME_WRITE, KEYFRAMES_INPUT, SOURCE_WRITE, input_range, is_sparsemat,
+                   show_error, show_failure, show_status, show_success, sync)
 
 _lock = threading.Lock()
 _jobs: dict[str, object] = {}  # node full name -> the worker matting it (or the finished terminal-mode job)
@@ -77,6 +78,29 @@ def render_inputs(name: str, files: core.Paths, frame: int, view: str) -> core.R
         _execute(group.node(write), frame, view)
         guides.append(core.frame_path(pattern, frame, view))
     return core.Rendered(source, *guides, core.frame_path(files.alpha, frame, view))
+
+
+def render_for_keyframes(name: str, files: core.Paths, frame: int, view: str, keyframe: bool) -> tuple:
+    """One frame of a keyframe-guided matte (main thread): its plate, and on a keyframe the Keyframes
+    input's alpha; (plate file, keyframe matte file or None)."""
+    group = nuke.toNode(name)
+    if group is None:
+        raise host.MatteError(f"the node {name} no longer exists")
+    if group.input(0) is None:
+        raise host.MatteError(f"{name}: nothing is connected to the Source input")
+    if group.input(KEYFRAMES_INPUT) is None:
+        raise host.MatteError(f"{name}: the keyframes knob is set, but nothing is connected to the Keyframes input")
+    connected = [guide for number, guide, _, _ in GUIDES if group.input(number) is not None]
+    if connected:
+        raise host.MatteError(f"{name}: the {connected[0]} input cannot be combined with keyframes (the keyframes' "
+                              f"mattes, carried, are each frame's prior); disconnect it or clear the keyframes knob")
+    source = core.frame_path(files.source, frame, view)
+    os.makedirs(os.path.dirname(source), exist_ok=True)
+    _execute(group.node(SOURCE_WRITE), frame, view)
+    if not keyframe:
+        return source, None
+    _execute(group.node(KEYFRAME_WRITE), frame, view)
+    return source, core.frame_path(files.keyframes, frame, view)
 
 
 def _in_main_thread(function, *args) -> Future:
@@ -213,6 +237,9 @@ def _run_job(plans: list, script: str, frames: list, views: list, progress: bool
 def _matte_view(task, label, name, script, values, files, frames, view, first) -> bool:
     """One node's frames in one view, pre-rolled from their keyframe; False when it failed or was cancelled."""
     stream = core.stream_id(script, name, view)
+    if values.keyframes:
+        tracker.matted(stream, values, None)  # frames matted from keyframes do not continue the engine's stream
+        return _from_keyframes(task, label, name, values, files, frames, view) is None
     work = host.with_preroll(frames, values, tracker.last(stream, values), first)
     pending = _in_main_thread(render_inputs, name, files, work[0], view)
     try:
@@ -240,6 +267,80 @@ def _matte_view(task, label, name, script, values, files, frames, view, first) -
         return True
     finally:
         _discard(pending)
+
+
+def _input_range_of(name: str) -> tuple[int, int]:
+    group = nuke.toNode(name)
+    if group is None:
+        raise host.MatteError(f"the node {name} no longer exists")
+    return input_range(group)
+
+
+def _from_keyframes(task, label, name, values, files, frames, view) -> str | None:
+    """One node's frames in one view from its Keyframes input: the plates of the span the keyframes
+    around the frames bound are rendered (from the main thread), then ``host.matte_from_keyframes``
+    mattes the frames. The first failure's message (shown on the node), or None."""
+    cancelled = (lambda: False) if task is None else task.isCancelled
+    rendered: list = []
+    try:
+        first, last = _in_main_thread(_input_range_of, name).result()
+        span = host.keyframe_span(frames, sorted(values.keyframes), first, last)
+        if values.foreground:
+            raise host.MatteError("'foreground in rgb' is not available with keyframes yet: turn it off, or matte "
+                                  "without keyframes")
+        keyframe_mattes = {}
+        for index, frame in enumerate(span):
+            if cancelled():
+                raise host.MatteError("cancelled")
+            if task is not None:
+                task.setMessage(f"{label}: rendering frame {frame} for the keyframes")
+                task.setProgress(int(50 * index / len(span)))
+            source, keyframe = _in_main_thread(render_for_keyframes, name, files, frame, view,
+                                               frame in values.keyframes).result()
+            rendered += [source, keyframe]
+            if keyframe is not None:
+                keyframe_mattes[frame] = keyframe
+
+        def on_frame(done, total, text):
+            if task is not None:
+                task.setMessage(f"{label}: {text}")
+                task.setProgress(50 + int(50 * done / total))
+
+        started = time.perf_counter()
+        failed = host.matte_from_keyframes(values, core.in_view(files.source, view), keyframe_mattes,
+                                           core.in_view(files.alpha, view), frames, on_frame, cancelled)
+    except Exception as exc:
+        if str(exc) == "cancelled":
+            _later(show_status, name, "cancelled")
+            return "cancelled"
+        message = f"{name}: {host.describe(exc, values.address)}"
+        _later(show_failure, name, frames[0], message, True)
+        return message
+    finally:
+        host.remove_files(*rendered)
+    seconds = (time.perf_counter() - started) / len(frames)
+    for frame in frames:
+        if frame not in failed:
+            _later(show_success, name, frame, f"frame {frame}: from keyframes, {seconds:.2f} s a frame")
+    messages = [f"{name}, frame {frame}: {message}" for frame, message in sorted(failed.items())]
+    for (frame, _), message in zip(sorted(failed.items()), messages):
+        _later(show_failure, name, frame, message, len(messages) == 1)
+    return messages[0] if messages else None
+
+
+def matte_from_keyframes_now(group, frames: list, view: str = "main") -> None:
+    """``frames`` of a node whose keyframes knob is set, synchronously in this thread (``nuke -t``);
+    RuntimeError with the first failure's message."""
+    name = group.fullName()
+    try:
+        values, files = sync(group)
+    except host.MatteError as exc:
+        show_failure(name, frames[0], str(exc), dialog=False)
+        raise RuntimeError(str(exc)) from exc
+    tracker.matted(core.stream_id(nuke.root().name(), name, view), values, None)
+    message = _from_keyframes(None, name, name, values, files, frames, view)
+    if message is not None:
+        raise RuntimeError(message)
 
 
 def job(group):
@@ -306,6 +407,9 @@ def matte_now(group, frame: int, view: str = "main") -> dict:
     except host.MatteError as exc:
         show_failure(name, frame, str(exc), dialog=False)
         raise RuntimeError(str(exc)) from exc
+    if values.keyframes:
+        matte_from_keyframes_now(group, [frame], view)
+        return {}
     stream = core.stream_id(nuke.root().name(), name, view)
     stats: dict = {}
     for current in host.with_preroll([frame], values, tracker.last(stream, values), input_range(group)[0]):
@@ -334,7 +438,7 @@ def before_frame_render() -> None:
     matted this frame already (nothing can be rendered or changed from here). Our own internal
     Writes are not checked."""
     write = nuke.thisNode()
-    if write.fullName().rsplit(".", 1)[-1] in (SOURCE_WRITE, *(guide[2] for guide in GUIDES)):
+    if write.fullName().rsplit(".", 1)[-1] in (SOURCE_WRITE, KEYFRAME_WRITE, *(guide[2] for guide in GUIDES)):
         return
     frame, view = int(nuke.frame()), _this_view()
     for group in upstream(write):
