@@ -51,7 +51,7 @@ def flow_step(source_rgb: np.ndarray, target_rgb: np.ndarray) -> tuple[np.ndarra
     miss = forward + _sample(backward, origin)
     agreement = np.exp(-(miss ** 2).sum(axis=2) / CONSISTENCY_PX ** 2).astype(np.float32)
     outside = (origin[..., 0] < 0) | (origin[..., 0] > width - 1) | (origin[..., 1] < 0) | (origin[..., 1] > height - 1)
-    agreement[outside] = 0.0  # came from beyond the frame: the chain has not seen it
+    agreement[outside] = 0.0  # came from beyond the frame: the keyframe did not see it
     return origin, agreement
 
 

@@ -66,6 +66,28 @@ def test_a_chunk_between_keyframes_gives_the_whole_runs_files(clip, tmp_path):
         assert np.array_equal(whole, chunk)
 
 
+def test_a_frame_that_cannot_be_read_fails_alone(clip, tmp_path):
+    """The frames either side of an unreadable plate still get their keyframes' mattes: the whole
+    run's files, and the run says which frame failed and why."""
+    import shutil
+
+    plates = tmp_path / "plates"
+    plates.mkdir()
+    for frame in range(1, FRAMES + 1):
+        shutil.copy(clip / f"plate.{frame:04d}.png", plates / f"plate.{frame:04d}.png")
+    (plates / "plate.0006.png").write_bytes(b"not a png")
+    result = run_cli("matte", plates / "plate.%04d.png", tmp_path / "a.%04d.exr", "--keyframe-alpha",
+                     clip / "key.%04d.exr", "--frames", "5-7", "--quiet", env={"SPARSEMAT_CHECKPOINT": ""})
+    assert result.returncode == 1
+    assert "2 frame(s) written, 0 skipped, 1 failed" in result.stdout and "plate.0006.png" in result.stdout
+    whole = tmp_path / "whole"
+    assert run_cli("matte", clip / "plate.%04d.png", whole / "a.%04d.exr", "--keyframe-alpha", clip / "key.%04d.exr",
+                   "--frames", "5,7", "--quiet", env={"SPARSEMAT_CHECKPOINT": ""}).returncode == 0
+    for frame in (5, 7):
+        assert np.array_equal(read_alpha(str(tmp_path / f"a.{frame:04d}.exr")), read_alpha(str(whole / f"a.{frame:04d}.exr")))
+    assert not (tmp_path / "a.0006.exr").exists()
+
+
 @pytest.mark.parametrize("options, message", [
     (("--keyframe-alpha", "40={clip}/key.0001.exr"), r"keyframe 40 is outside the plate's frames: .*plate\.0040\.png"),
     (("--keyframe-alpha", "3={clip}/missing.exr"), r"--keyframe-alpha file not found: .*missing\.exr"),
