@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     matte.add_argument("--keyframe-alpha", action="append", metavar="N=PATH|PATTERN",
                        help="an artist's matte for frame N (repeat for each keyframe), or a pattern whose files are "
                             "the keyframes: written as they are, and carried to the frames between by the plate's "
-                            "motion (forward, and backward from the next keyframe, blended by distance), each "
+                            "motion (from the keyframes either side, blended by distance and confidence), each "
                             "frame refined with the carried matte as its prior")
     matte.add_argument("--foreground", metavar="OUTPUT_PATTERN",
                        help="also write each frame's foreground, unmixed from the background where the matte is "

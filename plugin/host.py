@@ -12,6 +12,7 @@ import atexit
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -275,66 +276,75 @@ def matte(settings: Settings, stream: str, frame: int, source: str, alpha: str, 
     return {**stats, "seconds": time.perf_counter() - started, "engine": state}
 
 
-def keyframe_span(frames: list[int], keyframes: list[int], first: int, last: int) -> list[int]:
-    """The plate frames that matting ``frames`` from ``keyframes`` reads: from the last keyframe at or
-    before the first frame to the first one at or after the last (each frame's matte is carried from
-    the keyframes either side of it). MatteError for a keyframe outside the input's ``first``-``last``."""
+def keyframe_plates(frames: list[int], keyframes: list[int], first: int, last: int) -> list[int]:
+    """The plate frames that matting ``frames`` from ``keyframes`` reads, in order: the frames and,
+    for each frame that is not a keyframe, the keyframes either side of it (its matte is carried
+    from theirs). MatteError for a keyframe outside the input's ``first``-``last``."""
     if not keyframes:
         raise MatteError("no keyframes: give the frames whose matte the Keyframes input holds, such as 1,40")
     outside = [key for key in keyframes if not first <= key <= last]
     if outside:
         raise MatteError(f"keyframe {outside[0]} is outside the input's frames {first}-{last}")
-    start = max((key for key in keyframes if key <= frames[0]), default=frames[0])
-    stop = min((key for key in keyframes if key >= frames[-1]), default=frames[-1])
-    return list(range(start, stop + 1))
+    needed = set(frames)
+    for frame in frames:
+        if frame not in keyframes:
+            needed.update(key for key in (max((k for k in keyframes if k < frame), default=None),
+                                          min((k for k in keyframes if k > frame), default=None)) if key is not None)
+    return sorted(needed)
 
 
 def matte_from_keyframes(settings: Settings, source: str, keyframe_mattes: dict[int, str], alpha: str,
                          frames: list[int], on_frame=None, cancelled=None) -> dict[int, str]:
     """Matte ``frames`` from an artist's mattes on a few frames, by ``sparsemat matte --keyframe-alpha``
-    sending each frame to the engine at ``settings.address``: carrying a keyframe's matte takes the
-    optical flow between two plates (OpenCV, with the engine's command line), which a host's Python
-    has not, and the plates of a whole span, which one frame's request does not carry.
+    sending each frame to the engine at ``settings.address`` (started first, as ``matte`` starts it):
+    carrying a keyframe's matte takes the optical flow between two plates (OpenCV, with the engine's
+    command line), which a host's Python has not.
 
     ``source``, ``alpha``: patterns (``####`` or ``%04d``) of the rendered plates, which must hold every
-    frame of ``keyframe_span``, and of the mattes to write; ``keyframe_mattes``: keyframe -> its matte
+    frame of ``keyframe_plates``, and of the mattes to write; ``keyframe_mattes``: keyframe -> its matte
     (a one-channel "A" EXR). ``on_frame(done, total, text)`` after each frame; ``cancelled()`` is asked
-    between frames. Returns the frames that failed -> their message; MatteError when nothing could be
-    matted (the command's own one-line message) or when cancelled."""
+    after each line the command prints (a frame or so), and stops it as Ctrl-C would. Returns the
+    frames that were not written -> why; raises MatteError when none could be (the command's own
+    one-line message), the engine's errors as ``matte`` does, and MatteError("cancelled")."""
+    engine_state(client_for(settings))  # a local engine is started here, with the node's checkpoint
     command = [*engine_command(), "matte", source, alpha, "--frames", ",".join(str(frame) for frame in frames),
                "--engine", settings.address, "--input-colorspace", settings.colourspace, "--quiet",
                "--openjd-progress", *(f"--keyframe-alpha={key}={path}" for key, path in sorted(keyframe_mattes.items()))]
     try:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   text=True, bufsize=1)
+                                   encoding="utf-8", errors="replace", env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     except OSError as exc:
         raise MatteError(f"cannot run {command[0]} to matte from keyframes ({exc.strerror or exc}); set "
                          f"SPARSEMAT_ENGINE_COMMAND to the engine's sparsemat command") from exc
     failed: dict[int, str] = {}
-    last_error, said = "", []
+    written: set[int] = set()
+    last_error, fatal, tail = "", "", ""
     with process:
         for line in process.stdout:
             line = line.rstrip("\n")
-            said.append(line)
+            tail = line or tail
             if line.startswith("error: "):
                 last_error = line[len("error: "):]
+            elif line.startswith("sparsemat: error: "):
+                fatal = line[len("sparsemat: error: "):]
             elif line.startswith("openjd_status: frame "):
                 text, _, count = line[len("openjd_status: "):].rpartition(" (")
                 number, _, outcome = text[len("frame "):].partition(" ")
-                if outcome == "failed":
+                if outcome == "written":
+                    written.add(int(number))
+                else:
                     failed[int(number)] = last_error or f"frame {number} failed"
                 if on_frame is not None:
                     done, _, total = count.rstrip(")").partition("/")
                     on_frame(int(done), int(total), text)
             if cancelled is not None and cancelled():
-                process.terminate()
+                process.send_signal(signal.SIGINT if os.name == "posix" else signal.SIGTERM)  # lets it clean up
                 process.wait()
                 raise MatteError("cancelled")
-    if process.returncode != 0 and not failed:
-        errors = [line for line in said if line.startswith("sparsemat: error: ")]
-        raise MatteError(errors[-1][len("sparsemat: "):] if errors else
-                         f"sparsemat matte --keyframe-alpha stopped (exit {process.returncode}): {said[-1] if said else ''}")
-    return failed
+    if not written and not failed:
+        raise MatteError(fatal or f"sparsemat matte --keyframe-alpha stopped (exit {process.returncode}): {tail}")
+    stopped = fatal or f"not matted: sparsemat matte stopped (exit {process.returncode}): {tail}"
+    return {**{frame: stopped for frame in frames if frame not in written}, **failed}
 
 
 def status_line(frame: int, stats: dict) -> str:

@@ -458,7 +458,7 @@ def test_the_keyframes_input_mattes_the_range_as_the_command_line_does(engine, p
     folder = Path(host.session_folder("nuke", core.SCRATCH_ENVIRONMENT))
     assert not [p.name for p in folder.rglob("*") if p.name.startswith(("source.", "keyframes."))]
 
-    # A chunk between the keyframes renders the plates from keyframe 1 to 5, and gives the same mattes.
+    # Frames between the keyframes rendered alone (render.py) give the same mattes.
     for path in folder.rglob("alpha.*"):
         path.unlink()
     nuke.GUI = False
@@ -488,7 +488,32 @@ def test_keyframes_the_node_cannot_use_are_one_clear_error(engine, plate, tmp_pa
     with pytest.raises(RuntimeError, match=re.escape(message)):
         sparsemat_work.matte_from_keyframes_now(group, [3])
     assert message in group["status"].value()
-    assert not (Path(core.paths(nuke.root().name(), group.fullName()).alpha.replace("%V.####", "main.0003"))).exists()
+    assert not os.listdir(core.node_folder(nuke.root().name(), group.fullName())), "nothing was rendered or matted"
+
+
+def test_matting_from_keyframes_reports_each_frame_that_was_not_written(engine, plate, tmp_path, engine_command):
+    """host.matte_from_keyframes on files: a plate that cannot be read fails its frame alone, with the
+    command's reason; a command that cannot start says its own one-line error."""
+    from sparsemat.engine.imageio import write_alpha
+
+    for number, frame in zip(FRAMES, plate[1]):
+        write_rgb(tmp_path / f"p.{number:04d}.exr", frame)
+    (tmp_path / "p.0003.exr").write_bytes(b"not an exr")
+    keys = {key: str(tmp_path / f"key.{key:04d}.exr") for key in (1, 5)}
+    for key, path in keys.items():
+        write_alpha(path, np.full(plate[1][0].shape[:2], 0.5, np.float32))
+    settings = host.Settings(address=engine)
+    seen = []
+    failed = host.matte_from_keyframes(settings, str(tmp_path / "p.####.exr"), keys, str(tmp_path / "a.####.exr"),
+                                       list(FRAMES), on_frame=lambda done, total, text: seen.append((done, total)))
+    assert list(failed) == [3] and "p.0003.exr" in failed[3], failed
+    assert [(tmp_path / f"a.{n:04d}.exr").exists() for n in FRAMES] == [True, True, False, True, True]
+    assert seen == [(n, 5) for n in FRAMES]
+    with pytest.raises(host.MatteError) as stopped:
+        host.matte_from_keyframes(settings, str(tmp_path / "missing.####.exr"), keys, str(tmp_path / "b.####.exr"),
+                                  [2])
+    message = str(stopped.value)  # the command's own words, without its "sparsemat: error: "
+    assert message.startswith("keyframe 1 is outside the plate's frames: ") and "missing.0001.exr" in message
 
 
 # ---- errors --------------------------------------------------------------------------------------------------

@@ -166,7 +166,8 @@ def is_sparsemat(node) -> bool:
 # ---- knobs -> settings, internal nodes -> paths (main thread) ----------------------------------------
 
 def settings(group) -> core.Settings:
-    keyframes = group["keyframes"].value().strip()
+    knob = group.knob("keyframes")  # absent from nodes saved by an older SparseMat
+    keyframes = "" if knob is None else knob.value().strip()
     return core.Settings(
         address=group["address"].value().strip() or host.default_address(),
         checkpoint=group["checkpoint"].value().strip(),
@@ -205,7 +206,8 @@ def sync(group) -> tuple[core.Settings, core.Paths]:
     group.node(PRIOR_WRITE)["file"].setValue(files.prior)
     group.node(TRIMAP_WRITE)["file"].setValue(files.trimap)
     group.node(CLEAN_PLATE_WRITE)["file"].setValue(files.clean_plate)
-    group.node(KEYFRAME_WRITE)["file"].setValue(files.keyframes)
+    if group.node(KEYFRAME_WRITE) is not None:  # absent from nodes saved by an older SparseMat
+        group.node(KEYFRAME_WRITE)["file"].setValue(files.keyframes)
     read = group.node(ALPHA_READ)
     first, last = input_range(group)
     if read["file"].value() != files.alpha:

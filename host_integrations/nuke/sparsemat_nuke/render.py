@@ -8,8 +8,9 @@ enabled Write at the top level of the script. For each frame, in order: every
 SparseMat node upstream of the Writes (inside Groups and gizmos too) mattes the frame
 in each view of the script (its internal Write renders the plate, the engine answers,
 the alpha is written; each view is its own stream), then each Write renders the frame
-in every view. A node whose keyframes knob is set mattes the whole range from its
-keyframes before the first frame. Nothing is rendered from inside another render: Nuke refuses that, so a
+in every view. When a node's keyframes knob is set, every node mattes the whole range
+first (upstream first; that node from its keyframes at once), then the Writes render it.
+Nothing is rendered from inside another render: Nuke refuses that, so a
 plain ``nuke -x`` of such a script stops at its first frame with a message pointing here.
 """
 from __future__ import annotations
@@ -31,15 +32,24 @@ def render(writes: list, frames: list, views: list | None = None) -> None:
     for write in writes:
         for group in work.upstream(write):
             groups.setdefault(group.fullName(), group)
-    keyframed = {name for name, group in groups.items() if group["keyframes"].value().strip()}
-    for view in views:  # carried from their keyframes: the whole range at once, not a span per frame
-        for name in keyframed:
-            work.matte_from_keyframes_now(groups[name], frames, view)
+    if any(work.keyframed(group) for group in groups.values()):
+        # A node with keyframes mattes the whole range at once; every node then mattes the whole
+        # range in turn, those upstream first, before anything renders.
+        for group in groups.values():
+            for view in views:
+                if work.keyframed(group):
+                    work.matte_from_keyframes_now(group, frames, view)
+                else:
+                    for frame in frames:
+                        work.matte_now(group, frame, view)
+        for frame in frames:
+            for write in writes:
+                nuke.execute(write, frame, frame, 1, views)
+        return
     for frame in frames:
         for view in views:
-            for name, group in groups.items():
-                if name not in keyframed:
-                    work.matte_now(group, frame, view)
+            for group in groups.values():
+                work.matte_now(group, frame, view)
         for write in writes:
             nuke.execute(write, frame, frame, 1, views)
 

@@ -94,6 +94,9 @@ def render_for_keyframes(name: str, files: core.Paths, frame: int, view: str, ke
     if connected:
         raise host.MatteError(f"{name}: the {connected[0]} input cannot be combined with keyframes (the keyframes' "
                               f"mattes, carried, are each frame's prior); disconnect it or clear the keyframes knob")
+    if group.node(KEYFRAME_WRITE) is None:
+        raise host.MatteError(f"{name} was made by an older SparseMat, without the Keyframes input: create a new "
+                              f"SparseMat node to use keyframes")
     source = core.frame_path(files.source, frame, view)
     os.makedirs(os.path.dirname(source), exist_ok=True)
     _execute(group.node(SOURCE_WRITE), frame, view)
@@ -277,24 +280,25 @@ def _input_range_of(name: str) -> tuple[int, int]:
 
 
 def _from_keyframes(task, label, name, values, files, frames, view) -> str | None:
-    """One node's frames in one view from its Keyframes input: the plates of the span the keyframes
-    around the frames bound are rendered (from the main thread), then ``host.matte_from_keyframes``
-    mattes the frames. The first failure's message (shown on the node), or None."""
+    """One node's frames in one view from its Keyframes input: their plates, the plates of the
+    keyframes around them and the Keyframes input on those keyframes are rendered (from the main
+    thread), then ``host.matte_from_keyframes`` mattes the frames. The first failure's message
+    (shown on the node), or None."""
     cancelled = (lambda: False) if task is None else task.isCancelled
     rendered: list = []
     try:
         first, last = _in_main_thread(_input_range_of, name).result()
-        span = host.keyframe_span(frames, sorted(values.keyframes), first, last)
+        plates = host.keyframe_plates(frames, sorted(values.keyframes), first, last)
         if values.foreground:
             raise host.MatteError("'foreground in rgb' is not available with keyframes yet: turn it off, or matte "
                                   "without keyframes")
         keyframe_mattes = {}
-        for index, frame in enumerate(span):
+        for index, frame in enumerate(plates):
             if cancelled():
                 raise host.MatteError("cancelled")
             if task is not None:
-                task.setMessage(f"{label}: rendering frame {frame} for the keyframes")
-                task.setProgress(int(50 * index / len(span)))
+                task.setMessage(f"{label}: rendering frame {frame}")
+                task.setProgress(int(50 * index / len(plates)))
             source, keyframe = _in_main_thread(render_for_keyframes, name, files, frame, view,
                                                frame in values.keyframes).result()
             rendered += [source, keyframe]
@@ -326,6 +330,12 @@ def _from_keyframes(task, label, name, values, files, frames, view) -> str | Non
     for (frame, _), message in zip(sorted(failed.items()), messages):
         _later(show_failure, name, frame, message, len(messages) == 1)
     return messages[0] if messages else None
+
+
+def keyframed(group) -> bool:
+    """Whether the node's frames come from its Keyframes input (its keyframes knob is set)."""
+    knob = group.knob("keyframes")  # absent from nodes saved by an older SparseMat
+    return knob is not None and bool(knob.value().strip())
 
 
 def matte_from_keyframes_now(group, frames: list, view: str = "main") -> None:
