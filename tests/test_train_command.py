@@ -116,8 +116,8 @@ def test_a_resumed_run_continues_the_steps_and_the_schedule_and_ends_as_an_unint
     assert (state["step"], state["epoch"], state["step_in_epoch"]) == (3, 1, 1)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
 
-    again = train(dataset, "--checkpoint", seed1_checkpoint, "--out", part, *SCHEDULE)
-    assert again.returncode == 2 and "give --resume" in again.stderr
+    code, stderr = in_process("train", dataset, "--checkpoint", seed1_checkpoint, "--out", part, *SCHEDULE, *SMALL)
+    assert code == 2 and "give --resume" in stderr
 
     resumed = train(dataset, "--out", part, "--resume", "--validation", dataset)
     assert resumed.returncode == 0, resumed.stderr
@@ -128,10 +128,10 @@ def test_a_resumed_run_continues_the_steps_and_the_schedule_and_ends_as_an_unint
     ours, theirs = read_published(str(part))[0], read_published(str(whole_run[0]))[0]
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
 
-    finished = train(dataset, "--out", part, "--resume")
-    assert finished.returncode == 0 and "finished its 3 epochs (6 steps): nothing to do" in finished.stderr
-    other = train(dataset, "--out", part, "--resume", "--seed", "5")
-    assert other.returncode == 2 and "has seed 0, not 5" in other.stderr
+    code, stderr = in_process("train", dataset, "--out", part, "--resume", *SMALL)
+    assert code == 0 and "finished its 3 epochs (6 steps): nothing to do" in stderr
+    code, stderr = in_process("train", dataset, "--out", part, "--resume", "--seed", "5", *SMALL)
+    assert code == 2 and "has seed 0, not 5" in stderr
 
 
 @pytest.mark.parametrize("layout", ["file list with fg,bg", "folder of fg/ composited over bg/"])
