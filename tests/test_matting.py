@@ -142,7 +142,8 @@ def test_a_frame_with_nan_or_infinity_is_refused_with_its_first_bad_pixel(seed1_
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_prior_with_nan_or_infinity_is_refused_and_a_finite_one_is_clipped(seed1_model, frames, bad):
-    prior = torch.full((8, 10), 0.5)
+    prior = torch.zeros((8, 10))  # a small uncertain patch: a small band, a quick matte
+    prior[2:5, 3:6] = 0.5
     prior[3, 4] = bad
     with pytest.raises(FrameError, match=r"prior has 1 NaN/infinite pixel values \(first at x=4, y=3\)"):
         Matter(seed1_model).matte(frames[0], prior=prior)
