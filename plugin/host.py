@@ -25,6 +25,8 @@ import numpy as np
 from sparsemat.plugin import exr
 
 DEFAULT_COLOURSPACE = "linear"  # both hosts render their plates scene-linear, untouched by a view transform
+# Frames matted from keyframes per command: their rendered plates wait on disk until it is done.
+KEYFRAME_BATCH = 50
 
 
 class MatteError(RuntimeError):

@@ -436,10 +436,12 @@ def engine_command(monkeypatch):
     monkeypatch.setenv("SPARSEMAT_ENGINE_COMMAND", f"{sys.executable} -m sparsemat.engine.cli")
 
 
-def test_the_keyframes_input_mattes_the_range_as_the_command_line_does(engine, plate, tmp_path, engine_command):
+def test_the_keyframes_input_mattes_the_range_as_the_command_line_does(engine, plate, tmp_path, engine_command,
+                                                                      monkeypatch):
     """Keyframes 1 and 5 on the Keyframes input: the keyframes get their mattes exactly, frames 2-4
-    what ``sparsemat matte --keyframe-alpha`` makes of the same plate and mattes; a render then
-    finds every matte, and the rendered plates and keyframes are removed."""
+    what ``sparsemat matte --keyframe-alpha`` makes of the same plate and mattes (in batches of two
+    frames here); a render then finds every matte, and the rendered plates and keyframes are removed."""
+    monkeypatch.setattr(host, "KEYFRAME_BATCH", 2)
     new_session(str(tmp_path / "keyframes.nk"))
     group, mattes = keyframed_node(plate, engine, tmp_path)
     sparsemat_work.matte_frame_range(group)

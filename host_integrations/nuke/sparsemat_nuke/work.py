@@ -272,7 +272,7 @@ def _matte_view(task, label, name, script, values, files, frames, view, first) -
         _discard(pending)
 
 
-def _input_range_of(name: str) -> tuple[int, int]:
+def _boundsof(name: str) -> tuple[int, int]:
     group = nuke.toNode(name)
     if group is None:
         raise host.MatteError(f"the node {name} no longer exists")
@@ -280,39 +280,29 @@ def _input_range_of(name: str) -> tuple[int, int]:
 
 
 def _from_keyframes(task, label, name, values, files, frames, view) -> str | None:
-    """One node's frames in one view from its Keyframes input: their plates, the plates of the
-    keyframes around them and the Keyframes input on those keyframes are rendered (from the main
-    thread), then ``host.matte_from_keyframes`` mattes the frames. The first failure's message
-    (shown on the node), or None."""
+    """One node's frames in one view from its Keyframes input, ``host.KEYFRAME_BATCH`` at a time (the
+    rendered plates of a batch are removed before the next is rendered). The first failure's
+    message (shown on the node), or None."""
     cancelled = (lambda: False) if task is None else task.isCancelled
-    rendered: list = []
+    keyframes = sorted(values.keyframes)
+    failed: dict = {}
+    started = time.perf_counter()
     try:
-        first, last = _in_main_thread(_input_range_of, name).result()
-        plates = host.keyframe_plates(frames, sorted(values.keyframes), first, last)
+        first, last = _in_main_thread(_boundsof, name).result()
+        host.keyframe_plates(frames, keyframes, first, last)  # a keyframe outside the range: before any render
         if values.foreground:
             raise host.MatteError("'foreground in rgb' is not available with keyframes yet: turn it off, or matte "
                                   "without keyframes")
-        keyframe_mattes = {}
-        for index, frame in enumerate(plates):
-            if cancelled():
-                raise host.MatteError("cancelled")
-            if task is not None:
-                task.setMessage(f"{label}: rendering frame {frame}")
-                task.setProgress(int(50 * index / len(plates)))
-            source, keyframe = _in_main_thread(render_for_keyframes, name, files, frame, view,
-                                               frame in values.keyframes).result()
-            rendered += [source, keyframe]
-            if keyframe is not None:
-                keyframe_mattes[frame] = keyframe
+        for offset in range(0, len(frames), host.KEYFRAME_BATCH):
+            batch = frames[offset:offset + host.KEYFRAME_BATCH]
 
-        def on_frame(done, total, text):
-            if task is not None:
-                task.setMessage(f"{label}: {text}")
-                task.setProgress(50 + int(50 * done / total))
+            def on_frame(done, total, text, offset=offset):
+                if task is not None:
+                    task.setMessage(f"{label}: {text}")
+                    task.setProgress(int(100 * (offset + done) / len(frames)))
 
-        started = time.perf_counter()
-        failed = host.matte_from_keyframes(values, core.in_view(files.source, view), keyframe_mattes,
-                                           core.in_view(files.alpha, view), frames, on_frame, cancelled)
+            failed.update(_keyframe_batch(task, label, name, values, files, batch, keyframes, (first, last), view,
+                                          on_frame, cancelled))
     except Exception as exc:
         if str(exc) == "cancelled":
             _later(show_status, name, "cancelled")
@@ -320,8 +310,6 @@ def _from_keyframes(task, label, name, values, files, frames, view) -> str | Non
         message = f"{name}: {host.describe(exc, values.address)}"
         _later(show_failure, name, frames[0], message, True)
         return message
-    finally:
-        host.remove_files(*rendered)
     seconds = (time.perf_counter() - started) / len(frames)
     for frame in frames:
         if frame not in failed:
@@ -330,6 +318,30 @@ def _from_keyframes(task, label, name, values, files, frames, view) -> str | Non
     for (frame, _), message in zip(sorted(failed.items()), messages):
         _later(show_failure, name, frame, message, len(messages) == 1)
     return messages[0] if messages else None
+
+
+def _keyframe_batch(task, label, name, values, files, batch, keyframes, bounds, view, on_frame,
+                    cancelled) -> dict:
+    """Render the plates ``batch`` needs (its frames, the keyframes either side of each) and the
+    Keyframes input on those keyframes, from the main thread; matte the batch; remove the renders.
+    The batch's failed frames -> why."""
+    rendered: list = []
+    try:
+        keyframe_mattes = {}
+        for frame in host.keyframe_plates(batch, keyframes, *bounds):
+            if cancelled():
+                raise host.MatteError("cancelled")
+            if task is not None:
+                task.setMessage(f"{label}: rendering frame {frame}")
+            source, keyframe = _in_main_thread(render_for_keyframes, name, files, frame, view,
+                                               frame in keyframes).result()
+            rendered += [source, keyframe]
+            if keyframe is not None:
+                keyframe_mattes[frame] = keyframe
+        return host.matte_from_keyframes(values, core.in_view(files.source, view), keyframe_mattes,
+                                         core.in_view(files.alpha, view), batch, on_frame, cancelled)
+    finally:
+        host.remove_files(*rendered)
 
 
 def keyframed(group) -> bool:
