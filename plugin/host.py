@@ -27,6 +27,7 @@ from sparsemat.plugin import exr
 DEFAULT_COLOURSPACE = "linear"  # both hosts render their plates scene-linear, untouched by a view transform
 # Frames matted from keyframes per command: their rendered plates wait on disk until it is done.
 KEYFRAME_BATCH = 50
+CANCEL_GRACE_S = 30  # how long a cancelled command may take to stop before it is killed
 
 
 class MatteError(RuntimeError):
@@ -341,7 +342,10 @@ def matte_from_keyframes(settings: Settings, source: str, keyframe_mattes: dict[
                     on_frame(int(done), int(total), text)
             if cancelled is not None and cancelled():
                 process.send_signal(signal.SIGINT if os.name == "posix" else signal.SIGTERM)  # lets it clean up
-                process.wait()
+                try:
+                    process.wait(timeout=CANCEL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
                 raise MatteError("cancelled")
     if not written and not failed:
         raise MatteError(fatal or f"sparsemat matte --keyframe-alpha stopped (exit {process.returncode}): {tail}")

@@ -516,6 +516,10 @@ def test_matting_from_keyframes_reports_each_frame_that_was_not_written(engine, 
                                   [2])
     message = str(stopped.value)  # the command's own words, without its "sparsemat: error: "
     assert message.startswith("keyframe 1 is outside the plate's frames: ") and "missing.0001.exr" in message
+    with pytest.raises(host.MatteError, match="^cancelled$"):  # asked after the first frame's line
+        host.matte_from_keyframes(settings, str(tmp_path / "p.####.exr"), keys, str(tmp_path / "c.####.exr"),
+                                  [2, 4], cancelled=lambda: True)
+    assert (tmp_path / "c.0002.exr").exists() and not (tmp_path / "c.0004.exr").exists()
 
 
 # ---- errors --------------------------------------------------------------------------------------------------
