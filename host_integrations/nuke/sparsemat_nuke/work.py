@@ -272,7 +272,7 @@ def _matte_view(task, label, name, script, values, files, frames, view, first) -
         _discard(pending)
 
 
-def _boundsof(name: str) -> tuple[int, int]:
+def _input_range_of(name: str) -> tuple[int, int]:
     group = nuke.toNode(name)
     if group is None:
         raise host.MatteError(f"the node {name} no longer exists")
@@ -288,7 +288,7 @@ def _from_keyframes(task, label, name, values, files, frames, view) -> str | Non
     failed: dict = {}
     started = time.perf_counter()
     try:
-        first, last = _in_main_thread(_boundsof, name).result()
+        first, last = _in_main_thread(_input_range_of, name).result()
         host.keyframe_plates(frames, keyframes, first, last)  # a keyframe outside the range: before any render
         if values.foreground:
             raise host.MatteError("'foreground in rgb' is not available with keyframes yet: turn it off, or matte "
