@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from sparsemat.plugin.frames import keyframes_around
+
 from .imageio import read_alpha, write_alpha
 from .job import FrameMatter, JobSummary, MatteJob, frame_label, matte_frame, read_inputs, write_output
 
@@ -100,8 +102,7 @@ def run_keyframes(job: MatteJob, matte: FrameMatter, progress: bool = True, log:
                 except (OSError, ValueError) as exc:
                     done(frame, f"cannot read the keyframe matte of {frame_label(frame)}: {exc}")
                 continue
-            before = max((key for key in keys if key < frame), default=None)
-            after = min((key for key in keys if key > frame), default=None)
+            before, after = keyframes_around(frame, keys)
             for stale in [key for key in keyframes if before is not None and key < before]:
                 del keyframes[stale]  # the frames come in order: only the two around this one are needed
             for key in (before, after):

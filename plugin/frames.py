@@ -68,3 +68,10 @@ def with_preroll(frames: list[int], keyframe_interval: int, available: Callable[
         work.append((frame, True))
         previous = frame
     return work
+
+
+def keyframes_around(frame: int, keyframes) -> tuple[int | None, int | None]:
+    """The last keyframe before ``frame`` and the first after it (None where there is none): the two
+    whose mattes a frame guided by keyframe mattes is carried from."""
+    return (max((key for key in keyframes if key < frame), default=None),
+            min((key for key in keyframes if key > frame), default=None))

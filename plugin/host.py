@@ -288,11 +288,12 @@ def keyframe_plates(frames: list[int], keyframes: list[int], first: int, last: i
     outside = [key for key in keyframes if not first <= key <= last]
     if outside:
         raise MatteError(f"keyframe {outside[0]} is outside the input's frames {first}-{last}")
+    from sparsemat.plugin.frames import keyframes_around
+
     needed = set(frames)
     for frame in frames:
         if frame not in keyframes:
-            needed.update(key for key in (max((k for k in keyframes if k < frame), default=None),
-                                          min((k for k in keyframes if k > frame), default=None)) if key is not None)
+            needed.update(key for key in keyframes_around(frame, keyframes) if key is not None)
     return sorted(needed)
 
 
