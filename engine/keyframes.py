@@ -37,7 +37,7 @@ CONSISTENCY_PX = 3.0
 CONFIDENCE_FLOOR = 1e-6
 
 
-def flow_step(source_rgb: np.ndarray, target_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def flow_origin(source_rgb: np.ndarray, target_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where each target pixel came from in the source frame, (H, W, 2) absolute x, y, by the flow
     from the target to the source; and how well the flow back agrees, exp(-(miss / CONSISTENCY_PX)^2)
     (0 for pixels from beyond the frame)."""
@@ -148,7 +148,7 @@ def _matte_between(job, matte, frame: int, before: int | None, after: int | None
             reasons.append(f"{frame_label(frame)} is {read.pixels.shape[1]}x{read.pixels.shape[0]}, keyframe {key} "
                            f"{alpha.shape[1]}x{alpha.shape[0]}")
             continue
-        origin, confidence = flow_step(plate, read.pixels)
+        origin, confidence = flow_origin(plate, read.pixels)
         carried.append((weight * (confidence + CONFIDENCE_FLOOR), np.clip(_sample(alpha, origin), 0.0, 1.0)))
     if not carried:
         return "; ".join(reasons)

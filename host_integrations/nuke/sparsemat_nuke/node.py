@@ -165,9 +165,14 @@ def is_sparsemat(node) -> bool:
 
 # ---- knobs -> settings, internal nodes -> paths (main thread) ----------------------------------------
 
+def keyframes_text(group) -> str:
+    """The keyframes knob as typed ("" when unset, or on a node saved by an older SparseMat, which has none)."""
+    knob = group.knob("keyframes")
+    return "" if knob is None else knob.value().strip()
+
+
 def settings(group) -> core.Settings:
-    knob = group.knob("keyframes")  # absent from nodes saved by an older SparseMat
-    keyframes = "" if knob is None else knob.value().strip()
+    keyframes = keyframes_text(group)
     return core.Settings(
         address=group["address"].value().strip() or host.default_address(),
         checkpoint=group["checkpoint"].value().strip(),

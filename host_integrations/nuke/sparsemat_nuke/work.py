@@ -29,7 +29,7 @@ from sparsemat.plugin import host
 
 from . import core
 from .node import (ALPHA_READ, GUIDES, KEYFRAME_WRITE, KEYFRAMES_INPUT, SOURCE_WRITE, input_range, is_sparsemat,
-                   show_error, show_failure, show_status, show_success, sync)
+                   keyframes_text, show_error, show_failure, show_status, show_success, sync)
 
 _lock = threading.Lock()
 _jobs: dict[str, object] = {}  # node full name -> the worker matting it (or the finished terminal-mode job)
@@ -346,8 +346,7 @@ def _keyframe_batch(task, label, name, values, files, batch, keyframes, bounds, 
 
 def keyframed(group) -> bool:
     """Whether the node's frames come from its Keyframes input (its keyframes knob is set)."""
-    knob = group.knob("keyframes")  # absent from nodes saved by an older SparseMat
-    return knob is not None and bool(knob.value().strip())
+    return bool(keyframes_text(group))
 
 
 def matte_from_keyframes_now(group, frames: list, view: str = "main") -> None:
